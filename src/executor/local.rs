@@ -1,0 +1,1 @@
+//! The local executor: runs agents as subprocesses on this machine.

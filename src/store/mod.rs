@@ -1,0 +1,75 @@
+//! `TaskStore`: the durable record of every task, the coordinator's ledger.
+//!
+//! Every write is a compare-and-set on the task's `version` and refuses writers whose fencing
+//! token is older than the stored one, so a deposed leader's late writes fail.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::task::{Millis, Status, Task};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The task changed since it was read (or a newer leader wrote it): re-read and decide again.
+    #[error("task {id} was changed by someone else (compare-and-set lost)")]
+    Conflict { id: String },
+    #[error("task {id} does not exist")]
+    NotFound { id: String },
+    /// The backend failed; the operation may be retried.
+    #[error("task store unavailable: {message}")]
+    Unavailable { message: String },
+    #[error("invalid page cursor")]
+    BadCursor,
+}
+
+/// Result of [`TaskStore::create`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    New(Task),
+    /// The idempotency key was used before: the task it created.
+    Existing(Task),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskFilter {
+    pub status: Option<Status>,
+    pub agent_type: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Newest first.
+    pub tasks: Vec<Task>,
+    /// Opaque; pass back to get the next page. `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Stores a new task. A task with the same `idempotency_key` (per agent type) already
+    /// stored is returned as [`Created::Existing`] and nothing is written.
+    async fn create(&self, task: &Task) -> Result<Created, StoreError>;
+
+    async fn get(&self, id: &str) -> Result<Option<Task>, StoreError>;
+
+    /// Writes `next` if the stored task's version is `expected_version` and its fence is not
+    /// newer than `next.fence`. The stored version becomes `expected_version + 1` (returned).
+    async fn update(&self, next: &Task, expected_version: u64) -> Result<Task, StoreError>;
+
+    /// Tasks matching `filter`, newest first, at most `limit`, from `cursor` on.
+    async fn list(&self, filter: &TaskFilter, limit: usize, cursor: Option<&str>) -> Result<Page, StoreError>;
+
+    /// Every task of `agent_type` holding a slot (dispatched or running): the ledger.
+    async fn active(&self, agent_type: &str) -> Result<Vec<Task>, StoreError>;
+
+    /// Queued tasks of `agent_type` last written before `before` (to re-enqueue after a crash
+    /// between the store write and the queue send).
+    async fn stale_queued(&self, agent_type: &str, before: Millis, limit: usize) -> Result<Vec<Task>, StoreError>;
+
+    /// Number of tasks per (agent type, status).
+    async fn counts(&self) -> Result<Vec<(String, Status, u64)>, StoreError>;
+
+    /// Cheap liveness check for `/ready`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
