@@ -12,3 +12,7 @@ pub mod serve;
 pub mod store;
 pub mod submit;
 pub mod task;
+pub mod http;
+pub mod intake;
+pub mod metrics;
+pub mod scheduler;

@@ -5,22 +5,36 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use agent_orchestrator::cli::{Cli, Command};
-use agent_orchestrator::{executor, render};
+use agent_orchestrator::{executor, render, serve, submit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Render(args) => render::run_render(args),
-        Command::Parse(args) => render::run_parse(args),
-        Command::Validate(args) => render::run_validate(args),
-        Command::Supervise(args) => return ExitCode::from(executor::supervisor::run(args) as u8),
-        Command::Serve(_) | Command::Submit(_) => Err(render::CommandError { exit_code: 1, message: "not implemented yet".into() }),
-    };
+    match &cli.command {
+        Command::Render(args) => report(render::run_render(args).map_err(|e| (e.exit_code, e.to_string()))),
+        Command::Parse(args) => report(render::run_parse(args).map_err(|e| (e.exit_code, e.to_string()))),
+        Command::Validate(args) => report(render::run_validate(args).map_err(|e| (e.exit_code, e.to_string()))),
+        Command::Supervise(args) => ExitCode::from(executor::supervisor::run(args).clamp(0, 255) as u8),
+        Command::Serve(args) => report(run_serve(args)),
+        Command::Submit(args) => report(runtime().and_then(|rt| rt.block_on(submit::run(args)).map_err(|e| (e.exit_code, e.to_string())))),
+    }
+}
+
+fn run_serve(args: &serve::ServeArgs) -> Result<(), (u8, String)> {
+    let settings = serve::ServeSettings::resolve(args).map_err(|e| (2, e.to_string()))?;
+    serve::init_logging(settings.log_format);
+    runtime()?.block_on(serve::run(settings)).map_err(|e| (e.exit_code(), e.to_string()))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, (u8, String)> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| (1, format!("cannot start the async runtime: {e}")))
+}
+
+fn report(result: Result<(), (u8, String)>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::from(err.exit_code)
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code)
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Every write is a compare-and-set on the task's `version` and refuses writers whose fencing
 //! token is older than the stored one, so a deposed leader's late writes fail.
 
+pub mod conformance;
 pub mod sqlite;
 
 use async_trait::async_trait;

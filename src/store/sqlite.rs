@@ -1,4 +1,980 @@
 //! The embedded backend: one SQLite file (WAL) holding the task store and the task queues.
+//!
+//! [`SqliteBackend`] implements both [`TaskStore`] and [`TaskQueue`] on the same file, so the
+//! embedded deployment needs nothing but a data directory (DESIGN.md §2).
+//!
+//! # Durability
+//!
+//! The file runs in WAL mode with `synchronous = NORMAL`. A commit appends its pages to the WAL
+//! with `write(2)` before it returns, so once a call returns its effect survives the coordinator
+//! *process* crashing or being killed at any point: the OS page cache still holds the WAL and
+//! the next open replays it. Only the checkpoints `fsync`. What NORMAL gives up compared with
+//! FULL is the last few commits on an OS crash or power loss — never the database's integrity.
+//! The coordinator tolerates that loss by design: tasks are re-enqueued from the store by the
+//! stale-queued sweep, messages are at-least-once, and Nomad's idempotency token guards
+//! dispatches. FULL would cost one `fsync` per commit (milliseconds each), far below the
+//! ≥ 2,000 tasks/s the coordinator needs at ~6 writes per task.
+//!
+//! # Concurrency
+//!
+//! A `rusqlite::Connection` is `Send` but not `Sync`. Each backend moves its connection into
+//! one dedicated thread (`ao-sqlite`); async calls hand it a closure over a channel and await
+//! the answer on a oneshot, so the async runtime never waits on SQLite. The thread owns the
+//! prepared-statement cache, and it *group-commits*: whatever requests queued up while it was
+//! busy (up to [`MAX_BATCH`]) run one after the other inside a single `BEGIN IMMEDIATE`
+//! transaction, and are answered only after `COMMIT` returned. Each request still sees every
+//! earlier one (they run serially), a failing statement only undoes itself, and if the commit
+//! fails every request in the batch gets `Unavailable` — nothing is reported before it is
+//! durable. A lone request runs in autocommit mode.
+//!
+//! Several backends (processes, or two coordinators in a test) may open the same file:
+//! SQLite's file locks serialise writers, `busy_timeout` makes a writer wait for another
+//! instead of failing, and every read-modify-write is either a single statement (which takes
+//! the write lock before it reads) or runs in a `BEGIN IMMEDIATE` transaction, so no writer
+//! ever upgrades a stale read snapshot. Compare-and-set conditions live in the `WHERE` clause
+//! of that one statement.
+//!
+//! # Queue semantics
+//!
+//! A queue row is unique per (agent type, task id): `send` of a task that already has a row —
+//! waiting *or* in flight — is a no-op. Re-sending a waiting task therefore never duplicates
+//! it (the re-enqueue sweep relies on this). An in-flight row is also kept as it is: its
+//! receiver still holds the receipt and will ack it (the task was dispatched) or nack it (the
+//! task returns to the queue); should the receiver die instead, the visibility timeout brings
+//! the row back. A send during that window does not reset the row's delay or priority.
+//!
+//! Receipts have the form `<seq>.<random hex>`; a receipt is valid until the message is
+//! received again. `ack`/`nack` with an unknown, malformed or superseded receipt do nothing
+//! and succeed (at-least-once: the message will simply be delivered again).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use rusqlite::types::Value;
+use rusqlite::{
+    params, params_from_iter, Connection, ErrorCode, OptionalExtension, Statement,
+    TransactionBehavior,
+};
+use tokio::sync::oneshot;
+
+use crate::queue::{Depth, Message, QueueError, TaskQueue};
+use crate::store::{Created, Page, StoreError, TaskFilter, TaskStore};
+use crate::task::{now_ms, Millis, Status, Task};
+
+/// How long a writer waits for another connection's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most requests the worker runs in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+/// Largest page `list` returns, whatever the caller asks for.
+pub const MAX_PAGE: usize = 1000;
+
+/// Cursor prefix: lets the encoding change later without misreading old cursors.
+const CURSOR_PREFIX: &str = "t1:";
+
+/// Schema migrations; `PRAGMA user_version` is the number applied. Append, never edit.
+const MIGRATIONS: &[&str] = &[
+    // 1: tasks and queue.
+    r#"
+    CREATE TABLE tasks (
+        id              TEXT    NOT NULL PRIMARY KEY,
+        agent_type      TEXT    NOT NULL,
+        status          TEXT    NOT NULL,
+        priority        INTEGER NOT NULL,
+        version         INTEGER NOT NULL,
+        fence           INTEGER NOT NULL,
+        idempotency_key TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        not_before      INTEGER NOT NULL,
+        body            TEXT    NOT NULL
+    );
+    CREATE UNIQUE INDEX tasks_idempotency ON tasks (agent_type, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    -- list by status; list by agent type; list by both, active, counts.
+    CREATE INDEX tasks_status      ON tasks (status, id);
+    CREATE INDEX tasks_type        ON tasks (agent_type, id);
+    CREATE INDEX tasks_type_status ON tasks (agent_type, status, id);
+    -- stale_queued: only queued rows are in it.
+    CREATE INDEX tasks_queued_age  ON tasks (agent_type, updated_at) WHERE status = 'queued';
+
+    CREATE TABLE queue (
+        seq           INTEGER PRIMARY KEY,
+        agent_type    TEXT    NOT NULL,
+        task_id       TEXT    NOT NULL,
+        priority      INTEGER NOT NULL,
+        visible_at    INTEGER NOT NULL,
+        receipt       TEXT,
+        receive_count INTEGER NOT NULL DEFAULT 0,
+        enqueued_at   INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX queue_task ON queue (agent_type, task_id);
+    -- receive walks this in delivery order and filters on visible_at inside the index;
+    -- depth is answered from it alone.
+    CREATE INDEX queue_ready ON queue (agent_type, priority DESC, seq, visible_at, receive_count);
+    "#,
+];
 
 /// Task store and task queue on one SQLite file.
-pub struct SqliteBackend {}
+///
+/// Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct SqliteBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    worker: Option<JoinHandle<()>>,
+    path: Option<PathBuf>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the worker once it has drained it; it then closes the file.
+        self.jobs = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// What the worker thread runs: a request, which hands back how to answer it once the
+/// batch's fate is known (`None`: committed; `Some(err)`: rolled back).
+type Job = Box<dyn FnOnce(&Db<'_>) -> Reply + Send>;
+type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
+/// The connection and its prepared statements, alive for the worker thread's lifetime.
+struct Db<'c> {
+    conn: &'c Connection,
+    cache: RefCell<HashMap<String, Option<Statement<'c>>>>,
+}
+
+impl<'c> Db<'c> {
+    /// Runs `f` on the statement for `sql`, prepared once and kept for reuse.
+    fn with<T>(
+        &self,
+        sql: &str,
+        f: impl FnOnce(&mut Statement<'c>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let cached = self.cache.borrow_mut().get_mut(sql).and_then(Option::take);
+        let mut st = match cached {
+            Some(st) => st,
+            None => self.conn.prepare(sql)?,
+        };
+        let out = f(&mut st);
+        let mut cache = self.cache.borrow_mut();
+        match cache.get_mut(sql) {
+            Some(slot) => *slot = Some(st),
+            None => {
+                cache.insert(sql.to_owned(), Some(st));
+            }
+        }
+        out
+    }
+}
+
+fn worker(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    let db = Db {
+        conn: &conn,
+        cache: RefCell::default(),
+    };
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(job) = jobs.recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&db, &mut batch);
+    }
+}
+
+/// A panicking request loses its answer (its caller sees `Unavailable`), not the worker.
+fn run_job(db: &Db<'_>, job: Job) -> Reply {
+    catch_unwind(AssertUnwindSafe(|| job(db))).unwrap_or_else(|_| Box::new(|_| ()))
+}
+
+fn run_batch(db: &Db<'_>, batch: &mut Vec<Job>) {
+    if batch.len() == 1 {
+        for job in batch.drain(..) {
+            run_job(db, job)(None);
+        }
+        return;
+    }
+    // If even BEGIN fails (another process held the lock past busy_timeout), each request runs
+    // on its own and meets its own fate.
+    let mut in_tx = db.conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+    let mut pending: Vec<Reply> = Vec::with_capacity(batch.len());
+    for job in batch.drain(..) {
+        let reply = run_job(db, job);
+        if !in_tx {
+            reply(None);
+            continue;
+        }
+        pending.push(reply);
+        if db.conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (I/O error, disk full): nothing in it stuck.
+            for reply in pending.drain(..) {
+                reply(Some(unavailable("sqlite rolled back the transaction")));
+            }
+            in_tx = db.conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+        }
+    }
+    if in_tx {
+        match db.conn.execute_batch("COMMIT") {
+            Ok(()) => pending.into_iter().for_each(|reply| reply(None)),
+            Err(e) => {
+                let _ = db.conn.execute_batch("ROLLBACK");
+                let message = format!("sqlite commit failed: {e}");
+                pending
+                    .into_iter()
+                    .for_each(|reply| reply(Some(unavailable(message.clone()))));
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> StoreError {
+    StoreError::Unavailable {
+        message: message.into(),
+    }
+}
+
+fn sql_err(err: rusqlite::Error) -> StoreError {
+    unavailable(format!("sqlite: {err}"))
+}
+
+fn to_queue_error(err: StoreError) -> QueueError {
+    match err {
+        StoreError::Unavailable { message } => QueueError::Unavailable { message },
+        other => QueueError::Unavailable {
+            message: other.to_string(),
+        },
+    }
+}
+
+fn is_constraint(err: &rusqlite::Error) -> bool {
+    err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation)
+}
+
+/// SQLite integers are i64; our counters are u64 and never get near 2^63.
+fn int(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value)
+        .map_err(|_| unavailable(format!("value {value} does not fit in an SQLite integer")))
+}
+
+fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn limit_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn millis(duration: Duration) -> Millis {
+    Millis::try_from(duration.as_millis()).unwrap_or(Millis::MAX)
+}
+
+fn encode(task: &Task) -> Result<String, StoreError> {
+    serde_json::to_string(task)
+        .map_err(|e| unavailable(format!("cannot encode task {}: {e}", task.id)))
+}
+
+fn decode(body: &str) -> Result<Task, StoreError> {
+    serde_json::from_str(body).map_err(|e| unavailable(format!("corrupt task row: {e}")))
+}
+
+fn decode_all(bodies: Vec<String>) -> Result<Vec<Task>, StoreError> {
+    bodies.iter().map(|b| decode(b)).collect()
+}
+
+fn encode_cursor(last_id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{last_id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::BadCursor)?;
+    let text = String::from_utf8(bytes).map_err(|_| StoreError::BadCursor)?;
+    match text.strip_prefix(CURSOR_PREFIX) {
+        Some(id) if !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control) => {
+            Ok(id.to_owned())
+        }
+        _ => Err(StoreError::BadCursor),
+    }
+}
+
+/// The stored statuses from which `next` may be written: legal predecessors plus `next` itself.
+fn allowed_from(next: Status) -> String {
+    Status::ALL
+        .into_iter()
+        .filter(|s| *s == next || s.can_become(next))
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Binds a task as ?1..?11: id, agent_type, status, priority, version, fence, idempotency_key,
+/// created_at, updated_at, not_before, body.
+fn task_params(task: &Task, body: String) -> Result<[Value; 11], StoreError> {
+    Ok([
+        Value::Text(task.id.clone()),
+        Value::Text(task.agent_type.clone()),
+        Value::Text(task.status.as_str().to_owned()),
+        Value::Integer(task.priority),
+        Value::Integer(int(task.version)?),
+        Value::Integer(int(task.fence)?),
+        task.idempotency_key
+            .clone()
+            .map_or(Value::Null, Value::Text),
+        Value::Integer(task.created_at),
+        Value::Integer(task.updated_at),
+        Value::Integer(task.not_before),
+        Value::Text(body),
+    ])
+}
+
+fn configure(conn: &Connection, file: bool) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_err)?;
+    if file {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(sql_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal_mode = %mode, "SQLite could not switch to WAL; running with a rollback journal");
+        }
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = OFF;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -16384;
+         PRAGMA journal_size_limit = 67108864;",
+    )
+    .map_err(sql_err)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err)?;
+    let current: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql_err)?;
+    let current = usize::try_from(current)
+        .map_err(|_| unavailable(format!("bad schema version {current}")))?;
+    if current > MIGRATIONS.len() {
+        return Err(unavailable(format!(
+            "database schema version {current} is newer than this program's ({}); upgrade agent-orchestrator",
+            MIGRATIONS.len()
+        )));
+    }
+    if current == MIGRATIONS.len() {
+        return Ok(()); // dropping the transaction rolls back nothing
+    }
+    for sql in &MIGRATIONS[current..] {
+        tx.execute_batch(sql).map_err(sql_err)?;
+    }
+    tx.pragma_update(None, "user_version", limit_param(MIGRATIONS.len()))
+        .map_err(sql_err)?;
+    tx.commit().map_err(sql_err)
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the database at `path`, its parent directories included, and
+    /// brings its schema up to date. Blocks: call it at startup, not on a busy runtime thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                unavailable(format!("cannot create directory {}: {e}", parent.display()))
+            })?;
+        }
+        let mut conn = Connection::open(path)
+            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        configure(&conn, true)?;
+        migrate(&mut conn)?;
+        Self::start(conn, Some(path.to_path_buf()))
+    }
+
+    /// A private database in memory, gone when the last clone is dropped (tests).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let mut conn = Connection::open_in_memory().map_err(sql_err)?;
+        configure(&conn, false)?;
+        migrate(&mut conn)?;
+        Self::start(conn, None)
+    }
+
+    fn start(conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
+        let (jobs, queue) = mpsc::channel();
+        let worker = std::thread::Builder::new()
+            .name("ao-sqlite".into())
+            .spawn(move || worker(conn, queue))
+            .map_err(|e| unavailable(format!("cannot start the sqlite thread: {e}")))?;
+        Ok(SqliteBackend {
+            inner: Arc::new(Inner {
+                jobs: Some(jobs),
+                worker: Some(worker),
+                path,
+            }),
+        })
+    }
+
+    /// The database file; `None` for an in-memory database.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// Runs `PRAGMA integrity_check`; any finding is returned as `Unavailable`. Blocks the
+    /// calling thread until the check is done.
+    pub fn integrity_check(&self) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(
+            |db| {
+                db.with("PRAGMA integrity_check", |st| {
+                    st.query_map([], |r| r.get::<_, String>(0))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(sql_err)
+            },
+            move |result| {
+                let _ = tx.send(result);
+            },
+        )?;
+        let findings = rx
+            .recv()
+            .map_err(|_| unavailable("the sqlite thread dropped the request"))??;
+        if findings.len() == 1 && findings[0] == "ok" {
+            Ok(())
+        } else {
+            Err(unavailable(format!(
+                "integrity check failed: {}",
+                findings.join("; ")
+            )))
+        }
+    }
+
+    /// Queues `f` for the worker thread; `answer` gets its result once the batch committed.
+    fn submit<T, F, A>(&self, f: F, answer: A) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
+        A: FnOnce(Result<T, StoreError>) + Send + 'static,
+    {
+        let job: Job = Box::new(move |db: &Db<'_>| {
+            let result = f(db);
+            Box::new(move |batch: Option<StoreError>| answer(batch.map_or(result, Err))) as Reply
+        });
+        self.inner
+            .jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or_else(|| unavailable("the sqlite thread has stopped"))
+    }
+
+    /// Runs `f` on the worker thread and awaits its committed result.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit(f, move |result| {
+            let _ = tx.send(result);
+        })?;
+        rx.await
+            .map_err(|_| unavailable("the sqlite thread dropped the request"))?
+    }
+}
+
+fn body_by_id(db: &Db<'_>, id: &str) -> Result<Option<String>, StoreError> {
+    db.with("SELECT body FROM tasks WHERE id = ?1", |st| {
+        st.query_row([id], |r| r.get(0)).optional()
+    })
+    .map_err(sql_err)
+}
+
+fn bodies(
+    db: &Db<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<String>, StoreError> {
+    db.with(sql, |st| {
+        st.query_map(params, |r| r.get::<_, String>(0))?.collect()
+    })
+    .map_err(sql_err)
+}
+
+#[async_trait]
+impl TaskStore for SqliteBackend {
+    async fn create(&self, task: &Task) -> Result<Created, StoreError> {
+        let params = task_params(task, encode(task)?)?;
+        let id = task.id.clone();
+        let agent_type = task.agent_type.clone();
+        let key = task.idempotency_key.clone();
+        let (inserted, existing) = self
+            .call(move |db| {
+                let sql = concat!(
+                    "INSERT INTO tasks (id, agent_type, status, priority, version, fence, idempotency_key, ",
+                    "created_at, updated_at, not_before, body) ",
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING"
+                );
+                if db.with(sql, |st| st.execute(params_from_iter(params))).map_err(sql_err)? == 1 {
+                    return Ok((true, None));
+                }
+                // Rows are never deleted, so the row that won is there to read.
+                if let Some(key) = &key {
+                    let sql = "SELECT body FROM tasks WHERE agent_type = ?1 AND idempotency_key = ?2";
+                    let found = db
+                        .with(sql, |st| st.query_row(params![agent_type, key], |r| r.get::<_, String>(0)).optional())
+                        .map_err(sql_err)?;
+                    if found.is_some() {
+                        return Ok((false, found));
+                    }
+                }
+                // Same id stored before: a retried create.
+                Ok((false, body_by_id(db, &id)?))
+            })
+            .await?;
+        match (inserted, existing) {
+            (true, _) => Ok(Created::New(task.clone())),
+            (false, Some(body)) => Ok(Created::Existing(decode(&body)?)),
+            (false, None) => Err(StoreError::Conflict {
+                id: task.id.clone(),
+            }),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let id = id.to_owned();
+        let body = self.call(move |db| body_by_id(db, &id)).await?;
+        body.as_deref().map(decode).transpose()
+    }
+
+    async fn update(&self, next: &Task, expected_version: u64) -> Result<Task, StoreError> {
+        let mut written = next.clone();
+        written.version = expected_version
+            .checked_add(1)
+            .ok_or_else(|| unavailable(format!("version overflow on task {}", next.id)))?;
+        let mut params = task_params(&written, encode(&written)?)?.to_vec();
+        params.push(Value::Integer(int(expected_version)?));
+        let id = next.id.clone();
+        let sql = update_sql(next.status);
+        let outcome = self
+            .call(move |db| {
+                let changed = match db.with(sql, |st| st.execute(params_from_iter(params))) {
+                    Ok(n) => n,
+                    // Another task of the agent type holds the new idempotency key.
+                    Err(e) if is_constraint(&e) => return Ok(Some(false)),
+                    Err(e) => return Err(sql_err(e)),
+                };
+                if changed == 1 {
+                    return Ok(Some(true));
+                }
+                let exists = db
+                    .with("SELECT 1 FROM tasks WHERE id = ?1", |st| {
+                        st.query_row([&id], |_| Ok(())).optional()
+                    })
+                    .map_err(sql_err)?;
+                Ok(exists.map(|()| false))
+            })
+            .await?;
+        match outcome {
+            Some(true) => Ok(written),
+            Some(false) => Err(StoreError::Conflict {
+                id: next.id.clone(),
+            }),
+            None => Err(StoreError::NotFound {
+                id: next.id.clone(),
+            }),
+        }
+    }
+
+    async fn list(
+        &self,
+        filter: &TaskFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let after = cursor.map(decode_cursor).transpose()?;
+        let mut conditions = Vec::new();
+        let mut values = Vec::new();
+        if let Some(status) = filter.status {
+            values.push(Value::Text(status.as_str().to_owned()));
+            conditions.push(format!("status = ?{}", values.len()));
+        }
+        if let Some(agent_type) = &filter.agent_type {
+            values.push(Value::Text(agent_type.clone()));
+            conditions.push(format!("agent_type = ?{}", values.len()));
+        }
+        if let Some(after) = after {
+            values.push(Value::Text(after));
+            conditions.push(format!("id < ?{}", values.len()));
+        }
+        // One more than asked tells whether another page follows.
+        values.push(Value::Integer(limit_param(limit + 1)));
+        let limit_index = values.len();
+        let where_clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql =
+            format!("SELECT body FROM tasks {where_clause} ORDER BY id DESC LIMIT ?{limit_index}");
+        let rows = self
+            .call(move |db| bodies(db, &sql, params_from_iter(values)))
+            .await?;
+        let mut tasks = decode_all(rows)?;
+        let next_cursor = if tasks.len() > limit {
+            tasks.truncate(limit);
+            tasks.last().map(|t| encode_cursor(&t.id))
+        } else {
+            None
+        };
+        Ok(Page { tasks, next_cursor })
+    }
+
+    async fn active(&self, agent_type: &str) -> Result<Vec<Task>, StoreError> {
+        let agent_type = agent_type.to_owned();
+        // INDEXED BY: left alone, the planner prefers tasks_type for the ORDER BY and reads every
+        // task the agent type ever had.
+        let sql = "SELECT body FROM tasks INDEXED BY tasks_type_status \
+                   WHERE agent_type = ?1 AND status IN ('dispatched', 'running') ORDER BY status, id";
+        decode_all(self.call(move |db| bodies(db, sql, [agent_type])).await?)
+    }
+
+    async fn stale_queued(
+        &self,
+        agent_type: &str,
+        before: Millis,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let agent_type = agent_type.to_owned();
+        let sql = "SELECT body FROM tasks INDEXED BY tasks_queued_age \
+                   WHERE agent_type = ?1 AND status = 'queued' AND updated_at < ?2 ORDER BY updated_at LIMIT ?3";
+        let rows = self
+            .call(move |db| bodies(db, sql, params![agent_type, before, limit_param(limit)]))
+            .await?;
+        decode_all(rows)
+    }
+
+    async fn counts(&self) -> Result<Vec<(String, Status, u64)>, StoreError> {
+        let sql = "SELECT agent_type, status, COUNT(*) FROM tasks GROUP BY agent_type, status ORDER BY 1, 2";
+        let rows = self
+            .call(move |db| {
+                db.with(sql, |st| {
+                    st.query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(sql_err)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(agent_type, status, n)| {
+                let status = Status::parse(&status)
+                    .ok_or_else(|| unavailable(format!("corrupt status `{status}`")))?;
+                Ok((agent_type, status, count(n)))
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|db| {
+            db.with("SELECT 1", |st| st.query_row([], |_| Ok(())))
+                .map_err(sql_err)
+        })
+        .await
+    }
+}
+
+/// The compare-and-set update writing a task whose status becomes `next`: the stored status
+/// must be a legal predecessor of `next` or `next` itself.
+fn update_sql(next: Status) -> &'static str {
+    use std::sync::OnceLock;
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        Status::ALL
+            .into_iter()
+            .map(|status| {
+                format!(
+                    "UPDATE tasks SET agent_type = ?2, status = ?3, priority = ?4, version = ?5, fence = ?6, \
+                     idempotency_key = ?7, created_at = ?8, updated_at = ?9, not_before = ?10, body = ?11 \
+                     WHERE id = ?1 AND version = ?12 AND fence <= ?6 AND status IN ({})",
+                    allowed_from(status)
+                )
+            })
+            .collect()
+    });
+    let index = Status::ALL.iter().position(|s| *s == next).unwrap_or(0);
+    &all[index]
+}
+
+/// Splits the `seq` off a receipt; `None` for anything we did not issue.
+fn receipt_seq(receipt: &str) -> Option<i64> {
+    receipt
+        .split_once('.')
+        .and_then(|(seq, _)| seq.parse().ok())
+}
+
+#[async_trait]
+impl TaskQueue for SqliteBackend {
+    async fn send(
+        &self,
+        agent_type: &str,
+        task_id: &str,
+        priority: i64,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let agent_type = agent_type.to_owned();
+        let task_id = task_id.to_owned();
+        let now = now_ms();
+        let visible_at = now.saturating_add(millis(delay));
+        let sql = "INSERT INTO queue (agent_type, task_id, priority, visible_at, enqueued_at) \
+                   VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (agent_type, task_id) DO NOTHING";
+        self.call(move |db| {
+            db.with(sql, |st| {
+                st.execute(params![agent_type, task_id, priority, visible_at, now])
+            })
+            .map_err(sql_err)
+        })
+        .await
+        .map(drop)
+        .map_err(to_queue_error)
+    }
+
+    async fn receive(
+        &self,
+        agent_type: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let agent_type = agent_type.to_owned();
+        // One statement: it takes the write lock before reading (like BEGIN IMMEDIATE), the
+        // uncorrelated subquery is evaluated once, and no other receiver can pick the same rows
+        // in between.
+        let sql = "UPDATE queue SET receipt = seq || '.' || lower(hex(randomblob(16))), \
+                          visible_at = ?3, receive_count = receive_count + 1 \
+                   WHERE seq IN (SELECT seq FROM queue WHERE agent_type = ?1 AND visible_at <= ?2 \
+                                 ORDER BY priority DESC, seq LIMIT ?4) \
+                   RETURNING seq, task_id, receipt, priority, receive_count";
+        let mut rows = self
+            .call(move |db| {
+                let now = now_ms();
+                let hidden_until = now.saturating_add(millis(visibility));
+                db.with(sql, |st| {
+                    st.query_map(
+                        params![agent_type, now, hidden_until, limit_param(max)],
+                        |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                Message {
+                                    task_id: r.get(1)?,
+                                    receipt: r.get(2)?,
+                                    priority: r.get(3)?,
+                                    receive_count: u32::try_from(r.get::<_, i64>(4)?)
+                                        .unwrap_or(u32::MAX),
+                                },
+                            ))
+                        },
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(sql_err)
+            })
+            .await
+            .map_err(to_queue_error)?;
+        // RETURNING has no defined order.
+        rows.sort_by(|(sa, a), (sb, b)| b.priority.cmp(&a.priority).then(sa.cmp(sb)));
+        Ok(rows.into_iter().map(|(_, m)| m).collect())
+    }
+
+    async fn ack(&self, agent_type: &str, receipt: &str) -> Result<(), QueueError> {
+        let Some(seq) = receipt_seq(receipt) else {
+            return Ok(());
+        };
+        let agent_type = agent_type.to_owned();
+        let receipt = receipt.to_owned();
+        let sql = "DELETE FROM queue WHERE seq = ?1 AND receipt = ?2 AND agent_type = ?3";
+        self.call(move |db| {
+            db.with(sql, |st| st.execute(params![seq, receipt, agent_type]))
+                .map_err(sql_err)
+        })
+        .await
+        .map(drop)
+        .map_err(to_queue_error)
+    }
+
+    async fn nack(
+        &self,
+        agent_type: &str,
+        receipt: &str,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let Some(seq) = receipt_seq(receipt) else {
+            return Ok(());
+        };
+        let agent_type = agent_type.to_owned();
+        let receipt = receipt.to_owned();
+        let sql =
+            "UPDATE queue SET visible_at = ?4 WHERE seq = ?1 AND receipt = ?2 AND agent_type = ?3";
+        self.call(move |db| {
+            let visible_at = now_ms().saturating_add(millis(delay));
+            db.with(sql, |st| {
+                st.execute(params![seq, receipt, agent_type, visible_at])
+            })
+            .map_err(sql_err)
+        })
+        .await
+        .map(drop)
+        .map_err(to_queue_error)
+    }
+
+    /// `in_flight`: received at least once and hidden (this includes a message nacked with a
+    /// delay, as SQS counts it); `delayed`: never received and not yet due.
+    async fn depth(&self, agent_type: &str) -> Result<Depth, QueueError> {
+        let agent_type = agent_type.to_owned();
+        let sql = "SELECT COALESCE(SUM(visible_at <= ?2), 0), \
+                          COALESCE(SUM(visible_at > ?2 AND receive_count > 0), 0), \
+                          COALESCE(SUM(visible_at > ?2 AND receive_count = 0), 0) \
+                   FROM queue WHERE agent_type = ?1";
+        self.call(move |db| {
+            let now = now_ms();
+            db.with(sql, |st| {
+                st.query_row(params![agent_type, now], |r| {
+                    Ok(Depth {
+                        visible: count(r.get(0)?),
+                        in_flight: count(r.get(1)?),
+                        delayed: count(r.get(2)?),
+                    })
+                })
+            })
+            .map_err(sql_err)
+        })
+        .await
+        .map_err(to_queue_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let id = crate::task::new_task_id();
+        assert_eq!(decode_cursor(&encode_cursor(&id)).unwrap(), id);
+        for bad in [
+            "",
+            "%%%",
+            "not base64!",
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x1:abc"),
+        ] {
+            assert!(
+                matches!(decode_cursor(bad), Err(StoreError::BadCursor)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_from_lists_predecessors_and_self() {
+        assert_eq!(
+            allowed_from(Status::Queued),
+            "'queued', 'dispatched', 'running'"
+        );
+        assert_eq!(allowed_from(Status::Dispatched), "'queued', 'dispatched'");
+        assert_eq!(
+            allowed_from(Status::Succeeded),
+            "'dispatched', 'running', 'succeeded'"
+        );
+    }
+
+    #[test]
+    fn receipts_we_did_not_issue_have_no_seq() {
+        assert_eq!(receipt_seq("12.abcdef"), Some(12));
+        assert_eq!(receipt_seq("abc"), None);
+        assert_eq!(receipt_seq("x.y"), None);
+    }
+
+    fn pragma(b: &SqliteBackend, name: &'static str) -> String {
+        let (tx, rx) = mpsc::sync_channel(1);
+        b.submit(
+            move |db| {
+                db.with(&format!("PRAGMA {name}"), |st| {
+                    st.query_row([], |r| r.get::<_, Value>(0))
+                })
+                .map_err(sql_err)
+            },
+            move |r| tx.send(r).unwrap(),
+        )
+        .unwrap();
+        match rx.recv().unwrap().unwrap() {
+            Value::Integer(i) => i.to_string(),
+            Value::Text(t) => t,
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn schema_version_is_recorded_and_reopen_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/ao.db");
+        let a = SqliteBackend::open(&path).unwrap();
+        assert_eq!(pragma(&a, "user_version"), MIGRATIONS.len().to_string());
+        assert_eq!(pragma(&a, "journal_mode"), "wal");
+        assert_eq!(pragma(&a, "synchronous"), "1", "NORMAL");
+        assert_eq!(pragma(&a, "foreign_keys"), "0");
+        drop(a);
+        SqliteBackend::open(&path)
+            .unwrap()
+            .integrity_check()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ao.db");
+        drop(SqliteBackend::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = SqliteBackend::open(&path).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}

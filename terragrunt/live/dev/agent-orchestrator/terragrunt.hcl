@@ -8,7 +8,7 @@ include "root" {
 }
 
 terraform {
-  source = "${get_repo_root()}/terragrunt/modules/agent-orchestrator"
+  source = "${get_repo_root()}//terragrunt/modules/agent-orchestrator"
 }
 
 dependency "nomad_cluster" {

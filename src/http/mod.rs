@@ -1,0 +1,78 @@
+//! The coordinator's HTTP API (DESIGN.md §6): `app(state)` builds the router from one
+//! `router()` per resource; handlers are thin and call `intake` or the store.
+
+mod error;
+mod tasks;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+pub use error::ApiError;
+
+use crate::scheduler::Context;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub ctx: Arc<Context>,
+    /// Bearer token the task API requires, when configured.
+    pub api_token: Option<Arc<str>>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+/// The API router: task and agent routes behind the optional bearer token; health open.
+pub fn app(state: AppState) -> Router {
+    let protected = Router::new()
+        .merge(tasks::router())
+        .route("/agents", get(agents))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(protected)
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = state.api_token.as_deref() else {
+        return next.run(request).await;
+    };
+    let given = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => ApiError::Unauthorized.into_response(),
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::Forbidden.into_response(),
+    }
+}
+
+/// Compares secrets without leaking where they differ through timing.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn agents(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "agents": state.ctx.agent_statuses() }))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.ctx.store.ping().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    for agent_type in state.ctx.inputs.agent_types.keys() {
+        state.ctx.queue.depth(agent_type).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    }
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}

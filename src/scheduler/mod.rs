@@ -1,0 +1,178 @@
+//! The scheduler: one reconcile loop per agent type (DESIGN.md §7).
+//!
+//! Each loop observes (its ledger of dispatched/running tasks from the store, the executor's
+//! view of them, queue depth), decides (free slots = `max_instances` − active, within the
+//! circuit breaker) and acts (receive that many messages in priority order, claim each attempt
+//! with a compare-and-set, dispatch, record the handle, delete the message), then returns when
+//! to look again. It wakes at once on new work ([`Context::wake`]) and on executor changes.
+
+mod agent_loop;
+pub mod breaker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::config::Inputs;
+use crate::executor::Executor;
+use crate::queue::TaskQueue;
+use crate::store::TaskStore;
+use crate::task::TaskId;
+
+/// Tunables of the reconcile loops; defaults suit production, tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a received message stays hidden while its task is claimed and dispatched.
+    pub visibility: Duration,
+    /// First retry delay; doubles per failed attempt up to `retry_cap`, ±25 % jitter.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// How often every active task is re-observed even without a change notification.
+    pub resync_interval: Duration,
+    /// How often queued tasks without a queue message (crash between store and queue) are re-sent.
+    pub sweep_interval: Duration,
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: Duration,
+    /// Past its deadline plus this, an attempt is stopped as timed out.
+    pub timeout_grace: Duration,
+    /// A dispatched attempt that has not started after this is requeued (never placed).
+    pub pending_limit: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            visibility: Duration::from_secs(30),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(300),
+            resync_interval: Duration::from_secs(2),
+            sweep_interval: Duration::from_secs(30),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(30),
+            timeout_grace: Duration::from_secs(2),
+            pending_limit: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What `GET /agents` and the metrics show of one agent type.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AgentStatus {
+    pub max_instances: u32,
+    pub queued: u64,
+    pub running: usize,
+    pub capacity: usize,
+    pub circuit: &'static str,
+}
+
+/// Everything a reconcile loop and the HTTP handlers share: the backends behind their traits.
+pub struct Context {
+    pub store: Arc<dyn TaskStore>,
+    pub queue: Arc<dyn TaskQueue>,
+    pub executor: Arc<dyn Executor>,
+    pub inputs: Arc<Inputs>,
+    pub settings: Settings,
+    /// Fencing token written with every transition (Consul lock index; 0 single-instance).
+    pub fence: AtomicU64,
+    wakers: HashMap<String, Arc<Notify>>,
+    /// Which agent type owns each active task, to route executor notifications.
+    owners: Mutex<HashMap<TaskId, String>>,
+    statuses: RwLock<BTreeMap<String, AgentStatus>>,
+}
+
+impl Context {
+    pub fn new(
+        store: Arc<dyn TaskStore>,
+        queue: Arc<dyn TaskQueue>,
+        executor: Arc<dyn Executor>,
+        inputs: Arc<Inputs>,
+        settings: Settings,
+    ) -> Arc<Context> {
+        let wakers = inputs.agent_types.keys().map(|t| (t.clone(), Arc::new(Notify::new()))).collect();
+        let statuses = inputs
+            .agent_types
+            .values()
+            .map(|a| {
+                let status = AgentStatus { max_instances: a.max_instances, capacity: a.max_instances as usize, circuit: "closed", ..Default::default() };
+                (a.name.clone(), status)
+            })
+            .collect();
+        Arc::new(Context {
+            store,
+            queue,
+            executor,
+            inputs,
+            settings,
+            fence: AtomicU64::new(0),
+            wakers,
+            owners: Mutex::new(HashMap::new()),
+            statuses: RwLock::new(statuses),
+        })
+    }
+
+    /// Tells `agent_type`'s loop to look now (new task, cancel).
+    pub fn wake(&self, agent_type: &str) {
+        if let Some(waker) = self.wakers.get(agent_type) {
+            waker.notify_one();
+        }
+    }
+
+    pub fn fence(&self) -> u64 {
+        self.fence.load(Ordering::SeqCst)
+    }
+
+    pub fn agent_statuses(&self) -> BTreeMap<String, AgentStatus> {
+        self.statuses.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn set_status(&self, agent_type: &str, status: AgentStatus) {
+        if let Ok(mut statuses) = self.statuses.write() {
+            statuses.insert(agent_type.to_string(), status);
+        }
+    }
+
+    fn own(&self, task_id: &str, agent_type: &str) {
+        if let Ok(mut owners) = self.owners.lock() {
+            owners.insert(task_id.to_string(), agent_type.to_string());
+        }
+    }
+
+    fn disown(&self, task_id: &str) {
+        if let Ok(mut owners) = self.owners.lock() {
+            owners.remove(task_id);
+        }
+    }
+
+    fn owner_of(&self, task_id: &str) -> Option<String> {
+        self.owners.lock().ok().and_then(|o| o.get(task_id).cloned())
+    }
+}
+
+/// Runs one loop per agent type until `shutdown` turns true; then each loop stops taking
+/// work and returns once its active tasks are recorded as finished. The caller bounds that
+/// wait with its shutdown grace (unfinished local agents keep running and are re-adopted).
+pub async fn run(ctx: Arc<Context>, mut changes: mpsc::UnboundedReceiver<TaskId>, shutdown: watch::Receiver<bool>) {
+    let mut routes = HashMap::new();
+    let mut loops = JoinSet::new();
+    for agent in ctx.inputs.agent_types.values() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        routes.insert(agent.name.clone(), tx);
+        let waker = ctx.wakers.get(&agent.name).cloned().unwrap_or_default();
+        let agent_loop = agent_loop::AgentLoop::new(ctx.clone(), agent.clone(), rx, waker);
+        loops.spawn(agent_loop.run(shutdown.clone()));
+    }
+    let router_ctx = ctx.clone();
+    let router = tokio::spawn(async move {
+        while let Some(task_id) = changes.recv().await {
+            if let Some(route) = router_ctx.owner_of(&task_id).and_then(|t| routes.get(&t)) {
+                let _ = route.send(task_id);
+            }
+        }
+    });
+    while loops.join_next().await.is_some() {}
+    router.abort();
+}
