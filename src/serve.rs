@@ -131,49 +131,91 @@ pub struct ServeConfigError(pub String);
 impl ServeSettings {
     /// Merges flags (clap already folded in `AO_*` variables) over the config file over defaults.
     pub fn resolve(args: &ServeArgs) -> Result<ServeSettings, ServeConfigError> {
-        let mut merged = ServeArgs { ..Default::default() };
+        let mut merged = ServeArgs {
+            ..Default::default()
+        };
         let mut config_inputs = None;
         if let Some(path) = &args.config {
-            let (root, file) = config::load_document(path).map_err(|e| ServeConfigError(e.to_string()))?;
+            let (root, file) =
+                config::load_document(path).map_err(|e| ServeConfigError(e.to_string()))?;
             merged = serve_block(&root, &file)?;
             let has_inputs = matches!(&root.value, Value::Map(entries) if entries.iter().any(|(k, _)| k != "serve"));
             if has_inputs {
-                config_inputs = Some(config::decode_node(&root, &file, &["serve"]).map_err(|e| ServeConfigError(e.to_string()))?);
+                config_inputs = Some(
+                    config::decode_node(&root, &file, &["serve"])
+                        .map_err(|e| ServeConfigError(e.to_string()))?,
+                );
             }
         }
         let inputs_path = args.inputs.clone().or(merged.inputs.take());
         let inputs = match (inputs_path, config_inputs) {
-            (Some(path), _) => config::load_inputs(&path).map_err(|e| ServeConfigError(e.to_string()))?,
+            (Some(path), _) => {
+                config::load_inputs(&path).map_err(|e| ServeConfigError(e.to_string()))?
+            }
             (None, Some(inputs)) => inputs,
             (None, None) => Inputs::embedded_default(),
         };
-        let duration = |flag: &Option<String>, file: &Option<String>, name: &str, default: Duration| -> Result<Duration, ServeConfigError> {
+        let duration = |flag: &Option<String>,
+                        file: &Option<String>,
+                        name: &str,
+                        default: Duration|
+         -> Result<Duration, ServeConfigError> {
             match flag.as_ref().or(file.as_ref()) {
                 None => Ok(default),
-                Some(text) => units::parse_duration(text).map_err(|e| ServeConfigError(format!("--{name}: {e}"))),
+                Some(text) => units::parse_duration(text)
+                    .map_err(|e| ServeConfigError(format!("--{name}: {e}"))),
             }
         };
         let mut scheduler = Settings::default();
-        scheduler.retry_base = duration(&args.retry_base, &merged.retry_base, "retry-base", scheduler.retry_base)?;
+        scheduler.retry_base = duration(
+            &args.retry_base,
+            &merged.retry_base,
+            "retry-base",
+            scheduler.retry_base,
+        )?;
         let token_file = args.api_token_file.clone().or(merged.api_token_file.take());
         let api_token = match token_file {
             None => None,
             Some(path) => Some(read_secret(&path, "--api-token-file")?),
         };
         let settings = ServeSettings {
-            listen: args.listen.or(merged.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            metrics_listen: args.metrics_listen.or(merged.metrics_listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
-            data_dir: args.data_dir.clone().or(merged.data_dir).unwrap_or_else(|| PathBuf::from(".agent-orchestrator")),
+            listen: args
+                .listen
+                .or(merged.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            metrics_listen: args
+                .metrics_listen
+                .or(merged.metrics_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(merged.data_dir)
+                .unwrap_or_else(|| PathBuf::from(".agent-orchestrator")),
             inputs,
-            executor: args.executor.or(merged.executor).unwrap_or(ExecutorKind::Local),
+            executor: args
+                .executor
+                .or(merged.executor)
+                .unwrap_or(ExecutorKind::Local),
             queue: args.queue.or(merged.queue).unwrap_or(QueueKind::Sqlite),
             store: args.store.or(merged.store).unwrap_or(StoreKind::Sqlite),
             register: args.register.or(merged.register),
             api_token,
-            max_body_bytes: args.max_body_bytes.or(merged.max_body_bytes).unwrap_or(1024 * 1024),
-            shutdown_grace: duration(&args.shutdown_grace, &merged.shutdown_grace, "shutdown-grace", Duration::from_secs(10))?,
+            max_body_bytes: args
+                .max_body_bytes
+                .or(merged.max_body_bytes)
+                .unwrap_or(1024 * 1024),
+            shutdown_grace: duration(
+                &args.shutdown_grace,
+                &merged.shutdown_grace,
+                "shutdown-grace",
+                Duration::from_secs(10),
+            )?,
             scheduler,
-            log_format: args.log_format.or(merged.log_format).unwrap_or(LogFormat::Json),
+            log_format: args
+                .log_format
+                .or(merged.log_format)
+                .unwrap_or(LogFormat::Json),
         };
         settings.check_agent_commands()?;
         Ok(settings)
@@ -198,10 +240,14 @@ impl ServeSettings {
 
 fn read_secret(path: &Path, flag: &str) -> Result<String, ServeConfigError> {
     // The error names the file, never its contents.
-    let text = std::fs::read_to_string(path).map_err(|e| ServeConfigError(format!("{flag} {}: cannot read: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ServeConfigError(format!("{flag} {}: cannot read: {e}", path.display())))?;
     let secret = text.trim().to_string();
     if secret.is_empty() {
-        return Err(ServeConfigError(format!("{flag} {}: file is empty", path.display())));
+        return Err(ServeConfigError(format!(
+            "{flag} {}: file is empty",
+            path.display()
+        )));
     }
     Ok(secret)
 }
@@ -209,8 +255,12 @@ fn read_secret(path: &Path, flag: &str) -> Result<String, ServeConfigError> {
 /// Reads the config file's `serve` block into the same shape as the flags.
 fn serve_block(root: &Node, file: &str) -> Result<ServeArgs, ServeConfigError> {
     let mut args = ServeArgs::default();
-    let Value::Map(entries) = &root.value else { return Ok(args) };
-    let Some((_, block)) = entries.iter().find(|(k, _)| k == "serve") else { return Ok(args) };
+    let Value::Map(entries) = &root.value else {
+        return Ok(args);
+    };
+    let Some((_, block)) = entries.iter().find(|(k, _)| k == "serve") else {
+        return Ok(args);
+    };
     let Value::Map(settings) = &block.value else {
         return Err(located(file, block, "serve", "expected an object".into()));
     };
@@ -220,25 +270,69 @@ fn serve_block(root: &Node, file: &str) -> Result<ServeArgs, ServeConfigError> {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
-            other => return Err(located(file, node, &path, format!("expected a string, found {}", other.kind()))),
+            other => {
+                return Err(located(
+                    file,
+                    node,
+                    &path,
+                    format!("expected a string, found {}", other.kind()),
+                ))
+            }
         };
         let bad = |what: &str| located(file, node, &path, format!("`{text}` is not {what}"));
         match key.as_str() {
-            "listen" => args.listen = Some(text.parse().map_err(|_| bad("an address like 127.0.0.1:8080"))?),
-            "metrics_listen" => args.metrics_listen = Some(text.parse().map_err(|_| bad("an address like 127.0.0.1:9090"))?),
+            "listen" => {
+                args.listen = Some(
+                    text.parse()
+                        .map_err(|_| bad("an address like 127.0.0.1:8080"))?,
+                )
+            }
+            "metrics_listen" => {
+                args.metrics_listen = Some(
+                    text.parse()
+                        .map_err(|_| bad("an address like 127.0.0.1:9090"))?,
+                )
+            }
             "data_dir" => args.data_dir = Some(text.into()),
             "inputs" => args.inputs = Some(text.into()),
-            "executor" => args.executor = Some(clap::ValueEnum::from_str(&text, true).map_err(|_| bad("local or nomad"))?),
-            "queue" => args.queue = Some(clap::ValueEnum::from_str(&text, true).map_err(|_| bad("sqlite or sqs"))?),
-            "store" => args.store = Some(clap::ValueEnum::from_str(&text, true).map_err(|_| bad("sqlite or dynamodb"))?),
-            "register" => args.register = Some(clap::ValueEnum::from_str(&text, true).map_err(|_| bad("consul"))?),
+            "executor" => {
+                args.executor = Some(
+                    clap::ValueEnum::from_str(&text, true).map_err(|_| bad("local or nomad"))?,
+                )
+            }
+            "queue" => {
+                args.queue =
+                    Some(clap::ValueEnum::from_str(&text, true).map_err(|_| bad("sqlite or sqs"))?)
+            }
+            "store" => {
+                args.store = Some(
+                    clap::ValueEnum::from_str(&text, true)
+                        .map_err(|_| bad("sqlite or dynamodb"))?,
+                )
+            }
+            "register" => {
+                args.register =
+                    Some(clap::ValueEnum::from_str(&text, true).map_err(|_| bad("consul"))?)
+            }
             "api_token_file" => args.api_token_file = Some(text.into()),
             "github_webhook_secret_file" => args.github_webhook_secret_file = Some(text.into()),
-            "max_body_bytes" => args.max_body_bytes = Some(text.parse().map_err(|_| bad("a number of bytes"))?),
+            "max_body_bytes" => {
+                args.max_body_bytes = Some(text.parse().map_err(|_| bad("a number of bytes"))?)
+            }
             "shutdown_grace" => args.shutdown_grace = Some(text),
             "retry_base" => args.retry_base = Some(text),
-            "log_format" => args.log_format = Some(clap::ValueEnum::from_str(&text, true).map_err(|_| bad("json or text"))?),
-            _ => return Err(located(file, node, &path, format!("unknown setting `{key}`"))),
+            "log_format" => {
+                args.log_format =
+                    Some(clap::ValueEnum::from_str(&text, true).map_err(|_| bad("json or text"))?)
+            }
+            _ => {
+                return Err(located(
+                    file,
+                    node,
+                    &path,
+                    format!("unknown setting `{key}`"),
+                ))
+            }
         }
     }
     Ok(args)
@@ -278,16 +372,31 @@ struct Backends {
     _instance_lock: Option<std::fs::File>,
 }
 
-fn build_backends(settings: &ServeSettings, notifier: crate::executor::ChangeNotifier) -> Result<Backends, ServeError> {
-    let unavailable = |what: &str| ServeError::Config(ServeConfigError(format!("{what} is not available in this build yet; use the embedded default")));
+fn build_backends(
+    settings: &ServeSettings,
+    notifier: crate::executor::ChangeNotifier,
+) -> Result<Backends, ServeError> {
+    let unavailable = |what: &str| {
+        ServeError::Config(ServeConfigError(format!(
+            "{what} is not available in this build yet; use the embedded default"
+        )))
+    };
     let needs_sqlite = settings.store == StoreKind::Sqlite || settings.queue == QueueKind::Sqlite;
     let mut instance_lock = None;
     let mut sqlite = None;
     if needs_sqlite {
-        std::fs::create_dir_all(&settings.data_dir).map_err(|e| ServeError::Runtime(format!("cannot create data dir {}: {e}", settings.data_dir.display())))?;
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+            ServeError::Runtime(format!(
+                "cannot create data dir {}: {e}",
+                settings.data_dir.display()
+            ))
+        })?;
         instance_lock = Some(lock_data_dir(&settings.data_dir)?);
         let db = settings.data_dir.join("agent-orchestrator.db");
-        sqlite = Some(Arc::new(SqliteBackend::open(&db).map_err(|e| ServeError::Runtime(format!("{}: {e}", db.display())))?));
+        sqlite =
+            Some(Arc::new(SqliteBackend::open(&db).map_err(|e| {
+                ServeError::Runtime(format!("{}: {e}", db.display()))
+            })?));
     }
     let store: Arc<dyn TaskStore> = match (settings.store, &sqlite) {
         (StoreKind::Sqlite, Some(backend)) => backend.clone(),
@@ -300,15 +409,26 @@ fn build_backends(settings: &ServeSettings, notifier: crate::executor::ChangeNot
     let executor: Arc<dyn Executor> = match settings.executor {
         ExecutorKind::Local => {
             let config = LocalExecutorConfig::new(settings.data_dir.join("runs"));
-            Arc::new(LocalExecutor::new(config, notifier).map_err(|e| ServeError::Runtime(e.to_string()))?)
+            Arc::new(
+                LocalExecutor::new(config, notifier)
+                    .map_err(|e| ServeError::Runtime(e.to_string()))?,
+            )
         }
         ExecutorKind::Nomad => return Err(unavailable("--executor nomad")),
     };
     if settings.register.is_some() {
         return Err(unavailable("--register consul"));
     }
-    Ok(Backends { store, queue, executor, _instance_lock: instance_lock })
+    Ok(Backends {
+        store,
+        queue,
+        executor,
+        _instance_lock: instance_lock,
+    })
 }
+
+/// How long `serve` waits for a previous coordinator to release the data dir.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// One coordinator per data dir: a second one would run every task twice.
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServeError> {
@@ -320,28 +440,65 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServeError> {
         .write(true)
         .open(&path)
         .map_err(|e| ServeError::Runtime(format!("{}: {e}", path.display())))?;
-    file.try_lock_exclusive()
-        .map_err(|_| ServeError::Runtime(format!("another coordinator is running on {} (lock {} is held)", dir.display(), path.display())))?;
-    Ok(file)
+    // A coordinator killed a moment ago may still hold the lock through a child it was forking
+    // (the fd is close-on-exec, so it goes away at the child's exec): wait a little for it.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        if file.try_lock_exclusive().is_ok() {
+            return Ok(file);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ServeError::Runtime(format!(
+                "another coordinator is running on {} (lock {} is held)",
+                dir.display(),
+                path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Runs the coordinator until SIGTERM or SIGINT.
 pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
     let (notifier, changes) = mpsc::unbounded_channel();
     let backends = build_backends(&settings, notifier)?;
-    let ctx = Context::new(backends.store, backends.queue, backends.executor, Arc::new(settings.inputs.clone()), settings.scheduler.clone());
+    let ctx = Context::new(
+        backends.store,
+        backends.queue,
+        backends.executor,
+        Arc::new(settings.inputs.clone()),
+        settings.scheduler.clone(),
+    );
     let metrics_handle = crate::metrics::install();
 
-    let api_listener = tokio::net::TcpListener::bind(settings.listen).await.map_err(|e| ServeError::Runtime(format!("cannot listen on {}: {e}", settings.listen)))?;
-    let metrics_listener =
-        tokio::net::TcpListener::bind(settings.metrics_listen).await.map_err(|e| ServeError::Runtime(format!("cannot listen on {}: {e}", settings.metrics_listen)))?;
+    let api_listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| ServeError::Runtime(format!("cannot listen on {}: {e}", settings.listen)))?;
+    let metrics_listener = tokio::net::TcpListener::bind(settings.metrics_listen)
+        .await
+        .map_err(|e| {
+            ServeError::Runtime(format!("cannot listen on {}: {e}", settings.metrics_listen))
+        })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let state = AppState { ctx: ctx.clone(), api_token: settings.api_token.clone().map(Into::into), max_body_bytes: settings.max_body_bytes };
-    let router = http::app(state).layer(axum::extract::DefaultBodyLimit::max(settings.max_body_bytes));
+    let state = AppState {
+        ctx: ctx.clone(),
+        api_token: settings.api_token.clone().map(Into::into),
+        max_body_bytes: settings.max_body_bytes,
+    };
+    let router = http::app(state).layer(axum::extract::DefaultBodyLimit::max(
+        settings.max_body_bytes,
+    ));
     let api = tokio::spawn(serve_until(api_listener, router, shutdown_rx.clone()));
-    let metrics_router = axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(metrics_handle.render())));
-    let metrics = tokio::spawn(serve_until(metrics_listener, metrics_router, shutdown_rx.clone()));
+    let metrics_router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || std::future::ready(metrics_handle.render())),
+    );
+    let metrics = tokio::spawn(serve_until(
+        metrics_listener,
+        metrics_router,
+        shutdown_rx.clone(),
+    ));
     let mut scheduler = tokio::spawn(scheduler::run(ctx.clone(), changes, shutdown_rx));
     info!(listen = %settings.listen, metrics_listen = %settings.metrics_listen, data_dir = %settings.data_dir.display(),
         agent_types = ?settings.inputs.agent_types.keys().collect::<Vec<_>>(), "coordinator started");
@@ -352,9 +509,15 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
             return Err(ServeError::Runtime(format!("scheduler stopped unexpectedly: {result:?}")));
         }
     }
-    info!(grace_ms = settings.shutdown_grace.as_millis() as u64, "shutting down");
+    info!(
+        grace_ms = settings.shutdown_grace.as_millis() as u64,
+        "shutting down"
+    );
     let _ = shutdown_tx.send(true);
-    if tokio::time::timeout(settings.shutdown_grace, &mut scheduler).await.is_err() {
+    if tokio::time::timeout(settings.shutdown_grace, &mut scheduler)
+        .await
+        .is_err()
+    {
         warn!("shutdown grace over: attempts still running are left to the next start (they keep running and are re-adopted)");
         scheduler.abort();
     }
@@ -364,18 +527,28 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
     Ok(())
 }
 
-async fn serve_until(listener: tokio::net::TcpListener, router: axum::Router, mut shutdown: watch::Receiver<bool>) {
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         warn!(error = %e, "HTTP server stopped");
     }
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -390,8 +563,11 @@ async fn shutdown_signal() {
 
 /// Sets up structured logs (JSON by default) on stderr; `RUST_LOG` filters.
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
