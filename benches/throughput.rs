@@ -13,15 +13,37 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_agent-orchestrator");
 
 fn main() {
-    let burst: usize = std::env::var("AO_BENCH_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    println!("agent-orchestrator throughput ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let burst: usize = std::env::var("AO_BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "agent-orchestrator throughput ({} cores)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     let echo = r#"{"cluster_name": "bench", "task_queue_size": 1000000, "agent_types": {
         "echo": {"image": "builtin", "cpu_limit": 100, "memory_limit": "64MB", "max_instances": 256}}}"#;
-    rt.block_on(scenario("built-in no-op agent (in-process)", echo, burst, 500));
+    rt.block_on(scenario(
+        "built-in no-op agent (in-process)",
+        echo,
+        burst,
+        500,
+    ));
     let proc_agent = r#"{"cluster_name": "bench", "task_queue_size": 1000000, "agent_types": {
         "noop": {"image": "local", "cpu_limit": 100, "memory_limit": "64MB", "max_instances": 32, "command": "true"}}}"#;
-    rt.block_on(scenario("subprocess no-op agent (`true`)", proc_agent, burst.min(1000), 200));
+    rt.block_on(scenario(
+        "subprocess no-op agent (`true`)",
+        proc_agent,
+        burst.min(1000),
+        200,
+    ));
 }
 
 struct Server {
@@ -38,7 +60,10 @@ impl Drop for Server {
 }
 
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 async fn start(inputs: &str) -> Server {
@@ -47,7 +72,14 @@ async fn start(inputs: &str) -> Server {
     std::fs::write(&path, inputs).expect("inputs");
     let (api, metrics) = (port(), port());
     let child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{api}"), "--metrics-listen", &format!("127.0.0.1:{metrics}"), "--inputs"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+            "--inputs",
+        ])
         .arg(&path)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -63,10 +95,20 @@ async fn start(inputs: &str) -> Server {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    Server { child, base, _dir: dir }
+    Server {
+        child,
+        base,
+        _dir: dir,
+    }
 }
 
-async fn submit_all(client: &reqwest::Client, base: &str, agent_type: &str, n: usize, rate: Option<f64>) -> Vec<String> {
+async fn submit_all(
+    client: &reqwest::Client,
+    base: &str,
+    agent_type: &str,
+    n: usize,
+    rate: Option<f64>,
+) -> Vec<String> {
     let client = Arc::new(client.clone());
     let mut handles = Vec::new();
     let concurrency = 32;
@@ -84,7 +126,12 @@ async fn submit_all(client: &reqwest::Client, base: &str, agent_type: &str, n: u
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let body = json!({"agent_type": agent_type, "payload": {"i": i}});
-                if let Ok(r) = client.post(format!("{base}/tasks")).json(&body).send().await {
+                if let Ok(r) = client
+                    .post(format!("{base}/tasks"))
+                    .json(&body)
+                    .send()
+                    .await
+                {
                     if let Ok(v) = r.json::<Value>().await {
                         if let Some(id) = v["id"].as_str() {
                             ids.push(id.to_string());
@@ -106,8 +153,22 @@ async fn submit_all(client: &reqwest::Client, base: &str, agent_type: &str, n: u
 /// Waits until `n` tasks succeeded, by paging the list of succeeded tasks; returns them.
 async fn wait_done(client: &reqwest::Client, base: &str, n: usize) -> Vec<Value> {
     loop {
-        let agents: Value = client.get(format!("{base}/agents")).send().await.expect("agents").json().await.expect("json");
-        let busy: u64 = agents["agents"].as_object().map(|m| m.values().map(|a| a["queued"].as_u64().unwrap_or(0) + a["running"].as_u64().unwrap_or(0)).sum()).unwrap_or(0);
+        let agents: Value = client
+            .get(format!("{base}/agents"))
+            .send()
+            .await
+            .expect("agents")
+            .json()
+            .await
+            .expect("json");
+        let busy: u64 = agents["agents"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .map(|a| a["queued"].as_u64().unwrap_or(0) + a["running"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0);
         if busy == 0 {
             let tasks = list(client, base, "succeeded").await;
             if tasks.len() >= n {
@@ -123,7 +184,14 @@ async fn list(client: &reqwest::Client, base: &str, status: &str) -> Vec<Value> 
     let mut cursor = String::new();
     loop {
         let url = format!("{base}/tasks?status={status}&limit=1000{cursor}");
-        let page: Value = client.get(url).send().await.expect("list").json().await.expect("json");
+        let page: Value = client
+            .get(url)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
         out.extend(page["tasks"].as_array().cloned().unwrap_or_default());
         match page["next_cursor"].as_str() {
             Some(c) => cursor = format!("&cursor={c}"),
@@ -143,7 +211,9 @@ fn latencies(tasks: &[Value], ids: &std::collections::HashSet<String>) -> Vec<i6
     let mut l: Vec<i64> = tasks
         .iter()
         .filter(|t| t["id"].as_str().is_some_and(|id| ids.contains(id)))
-        .filter_map(|t| Some(t["attempts"][0]["dispatched_at"].as_i64()? - t["created_at"].as_i64()?))
+        .filter_map(|t| {
+            Some(t["attempts"][0]["dispatched_at"].as_i64()? - t["created_at"].as_i64()?)
+        })
         .collect();
     l.sort();
     l
@@ -152,14 +222,25 @@ fn latencies(tasks: &[Value], ids: &std::collections::HashSet<String>) -> Vec<i6
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 async fn scenario(name: &str, inputs: &str, burst: usize, rate: usize) {
-    let agent_type = if inputs.contains("\"echo\"") { "echo" } else { "noop" };
+    let agent_type = if inputs.contains("\"echo\"") {
+        "echo"
+    } else {
+        "noop"
+    };
     let server = start(inputs).await;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client");
     println!("\n== {name}");
 
     let began = Instant::now();
@@ -184,7 +265,16 @@ async fn scenario(name: &str, inputs: &str, burst: usize, rate: usize) {
     let tasks = wait_done(&client, &server.base, ids.len() + idset.len()).await;
     let steady: std::collections::HashSet<String> = ids.iter().cloned().collect();
     let lat = latencies(&tasks, &steady);
-    println!("steady {rate} tasks/s for 4 s ({} tasks): submit->start p50 {} ms, p99 {} ms", ids.len(), percentile(&lat, 0.5), percentile(&lat, 0.99));
+    println!(
+        "steady {rate} tasks/s for 4 s ({} tasks): submit->start p50 {} ms, p99 {} ms",
+        ids.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
     let pid = server.child.id();
-    println!("coordinator RSS now {} MiB, peak {} MiB", rss_kib(pid, "VmRSS:") / 1024, rss_kib(pid, "VmHWM:") / 1024);
+    println!(
+        "coordinator RSS now {} MiB, peak {} MiB",
+        rss_kib(pid, "VmRSS:") / 1024,
+        rss_kib(pid, "VmHWM:") / 1024
+    );
 }

@@ -10,7 +10,11 @@ use crate::serve::ServeArgs;
 use crate::submit::SubmitArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "agent-orchestrator", version, about = "Runs AI coding agents as Nomad batch jobs, and renders their job specs")]
+#[command(
+    name = "agent-orchestrator",
+    version,
+    about = "Runs AI coding agents as Nomad batch jobs, and renders their job specs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -44,26 +44,47 @@ pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
 /// Creates a task (or returns the one its idempotency key created) and enqueues it.
 /// Returns the task and whether it is new.
 pub async fn submit(ctx: &Context, request: SubmitRequest) -> Result<(Task, bool), IntakeError> {
-    let agent = ctx.inputs.agent_types.get(&request.agent_type).ok_or_else(|| IntakeError::UnknownAgentType(request.agent_type.clone()))?;
+    let agent = ctx
+        .inputs
+        .agent_types
+        .get(&request.agent_type)
+        .ok_or_else(|| IntakeError::UnknownAgentType(request.agent_type.clone()))?;
     let priority = request.priority.unwrap_or(0);
     if !PRIORITY_RANGE.contains(&priority) {
-        return Err(IntakeError::Invalid(format!("priority {priority} is outside {}..={}", PRIORITY_RANGE.start(), PRIORITY_RANGE.end())));
+        return Err(IntakeError::Invalid(format!(
+            "priority {priority} is outside {}..={}",
+            PRIORITY_RANGE.start(),
+            PRIORITY_RANGE.end()
+        )));
     }
     let timeout = match request.timeout_seconds {
-        Some(0) => return Err(IntakeError::Invalid("timeout_seconds must be at least 1".into())),
-        Some(s) if s > MAX_TIMEOUT_SECONDS => return Err(IntakeError::Invalid(format!("timeout_seconds must be at most {MAX_TIMEOUT_SECONDS}"))),
+        Some(0) => {
+            return Err(IntakeError::Invalid(
+                "timeout_seconds must be at least 1".into(),
+            ))
+        }
+        Some(s) if s > MAX_TIMEOUT_SECONDS => {
+            return Err(IntakeError::Invalid(format!(
+                "timeout_seconds must be at most {MAX_TIMEOUT_SECONDS}"
+            )))
+        }
         Some(s) => Duration::from_secs(s),
         None => agent.effective_timeout(ctx.inputs.agent_timeout),
     };
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 256 {
-            return Err(IntakeError::Invalid("idempotency_key must be 1 to 256 characters".into()));
+            return Err(IntakeError::Invalid(
+                "idempotency_key must be 1 to 256 characters".into(),
+            ));
         }
     }
     let depth = ctx.queue.depth(&agent.name).await?;
     let limit = ctx.inputs.task_queue_size;
     if depth.visible + depth.delayed >= limit {
-        return Err(IntakeError::QueueFull { agent_type: agent.name.clone(), limit });
+        return Err(IntakeError::QueueFull {
+            agent_type: agent.name.clone(),
+            limit,
+        });
     }
     let spec = NewTask {
         agent_type: agent.name.clone(),
@@ -78,7 +99,14 @@ pub async fn submit(ctx: &Context, request: SubmitRequest) -> Result<(Task, bool
     match ctx.store.create(&task).await? {
         Created::Existing(existing) => Ok((existing, false)),
         Created::New(created) => {
-            ctx.queue.send(&created.agent_type, &created.id, created.priority, Duration::ZERO).await?;
+            ctx.queue
+                .send(
+                    &created.agent_type,
+                    &created.id,
+                    created.priority,
+                    Duration::ZERO,
+                )
+                .await?;
             ctx.wake(&created.agent_type);
             Ok((created, true))
         }
@@ -89,11 +117,20 @@ pub async fn submit(ctx: &Context, request: SubmitRequest) -> Result<(Task, bool
 /// stop the attempt. Cancelling a cancelled task is a no-op; any other terminal task is a 409.
 pub async fn cancel(ctx: &Context, id: &str) -> Result<Task, IntakeError> {
     for _ in 0..8 {
-        let task = ctx.store.get(id).await?.ok_or_else(|| IntakeError::NotFound(id.to_string()))?;
+        let task = ctx
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| IntakeError::NotFound(id.to_string()))?;
         let mut next = task.clone();
         match task.status {
             Status::Cancelled => return Ok(task),
-            s if s.is_terminal() => return Err(IntakeError::InvalidTransition { id: id.to_string(), status: s.as_str() }),
+            s if s.is_terminal() => {
+                return Err(IntakeError::InvalidTransition {
+                    id: id.to_string(),
+                    status: s.as_str(),
+                })
+            }
             Status::Queued => {
                 next.status = Status::Cancelled;
                 next.finished_at = Some(now_ms());
@@ -117,5 +154,7 @@ pub async fn cancel(ctx: &Context, id: &str) -> Result<Task, IntakeError> {
             Err(e) => return Err(e.into()),
         }
     }
-    Err(IntakeError::Store(StoreError::Conflict { id: id.to_string() }))
+    Err(IntakeError::Store(StoreError::Conflict {
+        id: id.to_string(),
+    }))
 }

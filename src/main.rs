@@ -10,23 +10,39 @@ use agent_orchestrator::{executor, render, serve, submit};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Render(args) => report(render::run_render(args).map_err(|e| (e.exit_code, e.to_string()))),
-        Command::Parse(args) => report(render::run_parse(args).map_err(|e| (e.exit_code, e.to_string()))),
-        Command::Validate(args) => report(render::run_validate(args).map_err(|e| (e.exit_code, e.to_string()))),
-        Command::Supervise(args) => ExitCode::from(executor::supervisor::run(args).clamp(0, 255) as u8),
+        Command::Render(args) => {
+            report(render::run_render(args).map_err(|e| (e.exit_code, e.to_string())))
+        }
+        Command::Parse(args) => {
+            report(render::run_parse(args).map_err(|e| (e.exit_code, e.to_string())))
+        }
+        Command::Validate(args) => {
+            report(render::run_validate(args).map_err(|e| (e.exit_code, e.to_string())))
+        }
+        Command::Supervise(args) => {
+            ExitCode::from(executor::supervisor::run(args).clamp(0, 255) as u8)
+        }
         Command::Serve(args) => report(run_serve(args)),
-        Command::Submit(args) => report(runtime().and_then(|rt| rt.block_on(submit::run(args)).map_err(|e| (e.exit_code, e.to_string())))),
+        Command::Submit(args) => report(runtime().and_then(|rt| {
+            rt.block_on(submit::run(args))
+                .map_err(|e| (e.exit_code, e.to_string()))
+        })),
     }
 }
 
 fn run_serve(args: &serve::ServeArgs) -> Result<(), (u8, String)> {
     let settings = serve::ServeSettings::resolve(args).map_err(|e| (2, e.to_string()))?;
     serve::init_logging(settings.log_format);
-    runtime()?.block_on(serve::run(settings)).map_err(|e| (e.exit_code(), e.to_string()))
+    runtime()?
+        .block_on(serve::run(settings))
+        .map_err(|e| (e.exit_code(), e.to_string()))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, (u8, String)> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| (1, format!("cannot start the async runtime: {e}")))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (1, format!("cannot start the async runtime: {e}")))
 }
 
 fn report(result: Result<(), (u8, String)>) -> ExitCode {

@@ -65,7 +65,10 @@ impl Status {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled | Status::TimedOut)
+        matches!(
+            self,
+            Status::Succeeded | Status::Failed | Status::Cancelled | Status::TimedOut
+        )
     }
 
     /// Dispatched or running: holds one of the agent type's `max_instances` slots.
@@ -195,7 +198,10 @@ impl Task {
 
     pub fn current_attempt_mut(&mut self) -> Option<&mut AttemptRecord> {
         let attempt = self.attempt;
-        self.attempts.iter_mut().rev().find(|a| a.attempt == attempt)
+        self.attempts
+            .iter_mut()
+            .rev()
+            .find(|a| a.attempt == attempt)
     }
 }
 
@@ -224,7 +230,13 @@ mod tests {
     #[test]
     fn the_happy_path_and_retries_are_legal() {
         use Status::*;
-        for (a, b) in [(Queued, Dispatched), (Dispatched, Running), (Running, Succeeded), (Running, Queued), (Queued, Cancelled)] {
+        for (a, b) in [
+            (Queued, Dispatched),
+            (Dispatched, Running),
+            (Running, Succeeded),
+            (Running, Queued),
+            (Queued, Cancelled),
+        ] {
             assert!(a.can_become(b), "{a:?} -> {b:?}");
         }
         assert!(!Queued.can_become(Running));
@@ -235,7 +247,10 @@ mod tests {
     fn status_names_round_trip() {
         for s in Status::ALL {
             assert_eq!(Status::parse(s.as_str()), Some(s));
-            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
         }
     }
 

@@ -144,8 +144,18 @@ pub struct FieldSpec {
     pub description: &'static str,
 }
 
-const fn field(name: &'static str, kind: Kind, default: Default, description: &'static str) -> FieldSpec {
-    FieldSpec { name, kind, default, description }
+const fn field(
+    name: &'static str,
+    kind: Kind,
+    default: Default,
+    description: &'static str,
+) -> FieldSpec {
+    FieldSpec {
+        name,
+        kind,
+        default,
+        description,
+    }
 }
 
 /// Top-level inputs, in the order the module's `variables.tf` declares them.
@@ -169,17 +179,67 @@ pub const INPUT_FIELDS: &[FieldSpec] = &[
 
 /// Fields of one `agent_types` entry.
 pub const AGENT_TYPE_FIELDS: &[FieldSpec] = &[
-    field("image", Kind::String, Default::Required, "Container image of the agent."),
+    field(
+        "image",
+        Kind::String,
+        Default::Required,
+        "Container image of the agent.",
+    ),
     field("cpu_limit", Kind::Number, Default::Required, "CPU in MHz."),
-    field("memory_limit", Kind::Size, Default::Required, "Memory, e.g. \"2GB\"."),
-    field("max_instances", Kind::Number, Default::Required, "Most attempts of this type running at once."),
-    field("capabilities", Kind::StringList, Default::Json("[]"), "Free-form capability tags, passed to the agent."),
-    field("env_vars", Kind::StringMap, Default::Json("{}"), "Environment of the agent (never secrets)."),
-    field("timeout", Kind::Duration, Default::Null, "Run-time limit of one attempt; defaults to agent_timeout."),
-    field("priority", Kind::Number, Default::Json("50"), "Nomad job priority (1-100) of this type's jobs."),
-    field("command", Kind::String, Default::Null, "Program the local executor runs (embedded deployment)."),
-    field("args", Kind::StringList, Default::Json("[]"), "Arguments of command."),
-    field("max_attempts", Kind::Number, Default::Null, "Attempts per task; defaults to max_attempts."),
+    field(
+        "memory_limit",
+        Kind::Size,
+        Default::Required,
+        "Memory, e.g. \"2GB\".",
+    ),
+    field(
+        "max_instances",
+        Kind::Number,
+        Default::Required,
+        "Most attempts of this type running at once.",
+    ),
+    field(
+        "capabilities",
+        Kind::StringList,
+        Default::Json("[]"),
+        "Free-form capability tags, passed to the agent.",
+    ),
+    field(
+        "env_vars",
+        Kind::StringMap,
+        Default::Json("{}"),
+        "Environment of the agent (never secrets).",
+    ),
+    field(
+        "timeout",
+        Kind::Duration,
+        Default::Null,
+        "Run-time limit of one attempt; defaults to agent_timeout.",
+    ),
+    field(
+        "priority",
+        Kind::Number,
+        Default::Json("50"),
+        "Nomad job priority (1-100) of this type's jobs.",
+    ),
+    field(
+        "command",
+        Kind::String,
+        Default::Null,
+        "Program the local executor runs (embedded deployment).",
+    ),
+    field(
+        "args",
+        Kind::StringList,
+        Default::Json("[]"),
+        "Arguments of command.",
+    ),
+    field(
+        "max_attempts",
+        Kind::Number,
+        Default::Null,
+        "Attempts per task; defaults to max_attempts.",
+    ),
 ];
 
 /// One thing wrong with one field.
@@ -222,7 +282,11 @@ impl InputError {
     fn single(file: &str, line: Option<usize>, path: &str, message: String) -> InputError {
         InputError {
             file: file.to_string(),
-            errors: vec![FieldError { path: path.to_string(), line, message }],
+            errors: vec![FieldError {
+                path: path.to_string(),
+                line,
+                message,
+            }],
         }
     }
 }
@@ -257,7 +321,10 @@ pub fn decode_node(root: &Node, file: &str, other_keys: &[&str]) -> Result<Input
     let inputs = decoder.inputs(root, other_keys);
     match inputs {
         Some(inputs) if decoder.errors.is_empty() => Ok(inputs),
-        _ => Err(InputError { file: file.to_string(), errors: decoder.errors }),
+        _ => Err(InputError {
+            file: file.to_string(),
+            errors: decoder.errors,
+        }),
     }
 }
 
@@ -273,13 +340,20 @@ struct Fields {
 
 impl Fields {
     fn take(&mut self, name: &str) -> Node {
-        self.values.remove(name).unwrap_or(Node { value: Value::Null, line: None })
+        self.values.remove(name).unwrap_or(Node {
+            value: Value::Null,
+            line: None,
+        })
     }
 }
 
 impl Decoder {
     fn error(&mut self, path: &str, line: Option<usize>, message: impl Into<String>) {
-        self.errors.push(FieldError { path: path.to_string(), line, message: message.into() });
+        self.errors.push(FieldError {
+            path: path.to_string(),
+            line,
+            message: message.into(),
+        });
     }
 
     fn inputs(&mut self, root: &Node, other_keys: &[&str]) -> Option<Inputs> {
@@ -289,18 +363,42 @@ impl Decoder {
         let datacenters = self.string_list(&f.take("datacenters"), "datacenters");
         let nomad_version = self.optional(&f.take("nomad_version"), "nomad_version", |d, n, p| {
             let text = d.string(n, p)?;
-            units::parse_version(&text).map_err(|e| d.error(p, n.line, e)).ok()
+            units::parse_version(&text)
+                .map_err(|e| d.error(p, n.line, e))
+                .ok()
         });
         let webhook_url = self.optional(&f.take("webhook_url"), "webhook_url", Self::string);
-        let github_app_id = self.optional(&f.take("github_app_id"), "github_app_id", |d, n, p| d.integer(n, p, 1, u64::MAX));
-        let github_installation_id =
-            self.optional(&f.take("github_installation_id"), "github_installation_id", |d, n, p| d.integer(n, p, 1, u64::MAX));
-        let github_private_key_secret_arn =
-            self.optional(&f.take("github_private_key_secret_arn"), "github_private_key_secret_arn", Self::string);
-        let coordinator_image = self.non_empty_string(&f.take("coordinator_image"), "coordinator_image");
-        let coordinator_cpu_limit = self.integer(&f.take("coordinator_cpu_limit"), "coordinator_cpu_limit", 1, 1_000_000);
-        let coordinator_memory_limit_mb = self.size(&f.take("coordinator_memory_limit"), "coordinator_memory_limit");
-        let task_queue_size = self.integer(&f.take("task_queue_size"), "task_queue_size", 1, 100_000_000);
+        let github_app_id = self.optional(&f.take("github_app_id"), "github_app_id", |d, n, p| {
+            d.integer(n, p, 1, u64::MAX)
+        });
+        let github_installation_id = self.optional(
+            &f.take("github_installation_id"),
+            "github_installation_id",
+            |d, n, p| d.integer(n, p, 1, u64::MAX),
+        );
+        let github_private_key_secret_arn = self.optional(
+            &f.take("github_private_key_secret_arn"),
+            "github_private_key_secret_arn",
+            Self::string,
+        );
+        let coordinator_image =
+            self.non_empty_string(&f.take("coordinator_image"), "coordinator_image");
+        let coordinator_cpu_limit = self.integer(
+            &f.take("coordinator_cpu_limit"),
+            "coordinator_cpu_limit",
+            1,
+            1_000_000,
+        );
+        let coordinator_memory_limit_mb = self.size(
+            &f.take("coordinator_memory_limit"),
+            "coordinator_memory_limit",
+        );
+        let task_queue_size = self.integer(
+            &f.take("task_queue_size"),
+            "task_queue_size",
+            1,
+            100_000_000,
+        );
         let agent_timeout = self.duration(&f.take("agent_timeout"), "agent_timeout");
         let max_attempts = self.integer(&f.take("max_attempts"), "max_attempts", 1, 100);
         let agent_types = self.agent_types(&f.take("agent_types"), cluster_name.as_deref());
@@ -323,7 +421,11 @@ impl Decoder {
         })
     }
 
-    fn agent_types(&mut self, node: &Node, cluster_name: Option<&str>) -> Option<BTreeMap<String, AgentType>> {
+    fn agent_types(
+        &mut self,
+        node: &Node,
+        cluster_name: Option<&str>,
+    ) -> Option<BTreeMap<String, AgentType>> {
         let entries = self.map(node, "agent_types")?;
         if entries.is_empty() {
             self.error("agent_types", node.line, "needs at least one agent type");
@@ -368,7 +470,11 @@ impl Decoder {
         let memory_node = f.take("memory_limit");
         let memory_limit_mb = self.size(&memory_node, &p("memory_limit"));
         if memory_limit_mb.is_some_and(|mb| mb < 10) {
-            self.error(&p("memory_limit"), memory_node.line, "Nomad needs at least 10MB");
+            self.error(
+                &p("memory_limit"),
+                memory_node.line,
+                "Nomad needs at least 10MB",
+            );
         }
         let max_instances = self.integer(&f.take("max_instances"), &p("max_instances"), 1, 100_000);
         let capabilities = self.string_list(&f.take("capabilities"), &p("capabilities"));
@@ -377,7 +483,9 @@ impl Decoder {
         let priority = self.integer(&f.take("priority"), &p("priority"), 1, 100);
         let command = self.optional(&f.take("command"), &p("command"), Self::non_empty_string);
         let args = self.string_list(&f.take("args"), &p("args"));
-        let max_attempts = self.optional(&f.take("max_attempts"), &p("max_attempts"), |d, n, p| d.integer(n, p, 1, 100));
+        let max_attempts = self.optional(&f.take("max_attempts"), &p("max_attempts"), |d, n, p| {
+            d.integer(n, p, 1, 100)
+        });
         Some(AgentType {
             name: name.to_string(),
             image: image?,
@@ -396,16 +504,32 @@ impl Decoder {
 
     /// Checks an object against a field table: unknown and duplicate keys, missing required
     /// fields; fills defaults.
-    fn fields(&mut self, node: &Node, path: &str, specs: &[FieldSpec], other_keys: &[&str]) -> Option<Fields> {
+    fn fields(
+        &mut self,
+        node: &Node,
+        path: &str,
+        specs: &[FieldSpec],
+        other_keys: &[&str],
+    ) -> Option<Fields> {
         let entries = self.map(node, if path.is_empty() { "inputs" } else { path })?;
-        let join = |key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+        let join = |key: &str| {
+            if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
         let mut values = BTreeMap::new();
         let mut ok = true;
         for (key, value) in entries {
             let Some(spec) = specs.iter().find(|s| s.name == key) else {
                 if !other_keys.contains(&key.as_str()) {
                     let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
-                    self.error(&join(key), value.line, format!("unknown field `{key}` (known: {})", known.join(", ")));
+                    self.error(
+                        &join(key),
+                        value.line,
+                        format!("unknown field `{key}` (known: {})", known.join(", ")),
+                    );
                     ok = false;
                 }
                 continue;
@@ -421,18 +545,30 @@ impl Decoder {
             }
             match spec.default {
                 Default::Required => {
-                    self.error(&join(spec.name), node.line, format!("required field `{}` is missing", spec.name));
+                    self.error(
+                        &join(spec.name),
+                        node.line,
+                        format!("required field `{}` is missing", spec.name),
+                    );
                     ok = false;
                 }
                 Default::Null => {}
-                Default::Json(text) => match source::read_document(&format!("{{\"v\": {text}}}"), Format::Json) {
-                    Ok(Node { value: Value::Map(mut entries), .. }) if entries.len() == 1 => {
-                        if let Some((_, default)) = entries.pop() {
-                            values.insert(spec.name, default);
+                Default::Json(text) => {
+                    match source::read_document(&format!("{{\"v\": {text}}}"), Format::Json) {
+                        Ok(Node {
+                            value: Value::Map(mut entries),
+                            ..
+                        }) if entries.len() == 1 => {
+                            if let Some((_, default)) = entries.pop() {
+                                values.insert(spec.name, default);
+                            }
                         }
+                        _ => unreachable!(
+                            "default of `{}` in the schema table is not JSON",
+                            spec.name
+                        ),
                     }
-                    _ => unreachable!("default of `{}` in the schema table is not JSON", spec.name),
-                },
+                }
             }
         }
         ok.then_some(Fields { values })
@@ -448,7 +584,12 @@ impl Decoder {
         Some(&node.value)
     }
 
-    fn optional<T>(&mut self, node: &Node, path: &str, read: impl FnOnce(&mut Self, &Node, &str) -> Option<T>) -> Option<Option<T>> {
+    fn optional<T>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        read: impl FnOnce(&mut Self, &Node, &str) -> Option<T>,
+    ) -> Option<Option<T>> {
         if node.value == Value::Null {
             return Some(None);
         }
@@ -456,7 +597,11 @@ impl Decoder {
     }
 
     fn expected(&mut self, node: &Node, path: &str, what: &str) {
-        self.error(path, node.line, format!("expected {what}, found {}", node.value.kind()));
+        self.error(
+            path,
+            node.line,
+            format!("expected {what}, found {}", node.value.kind()),
+        );
     }
 
     fn string(&mut self, node: &Node, path: &str) -> Option<String> {
@@ -498,8 +643,16 @@ impl Decoder {
             }
         };
         if n.fract() != 0.0 || n < min as f64 || n > max as f64 {
-            let range = if max == u64::MAX { format!("at least {min}") } else { format!("from {min} to {max}") };
-            self.error(path, node.line, format!("{n} is out of range: expected a whole number {range}"));
+            let range = if max == u64::MAX {
+                format!("at least {min}")
+            } else {
+                format!("from {min} to {max}")
+            };
+            self.error(
+                path,
+                node.line,
+                format!("{n} is out of range: expected a whole number {range}"),
+            );
             return None;
         }
         Some(n as u64)
@@ -520,7 +673,9 @@ impl Decoder {
     fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
         let result = match self.resolved(node, path)? {
             Value::String(s) => units::parse_duration(s),
-            Value::Number(n) if *n >= 0.0 => Duration::try_from_secs_f64(*n).map_err(|e| e.to_string()),
+            Value::Number(n) if *n >= 0.0 => {
+                Duration::try_from_secs_f64(*n).map_err(|e| e.to_string())
+            }
             _ => {
                 self.expected(node, path, "a duration such as \"30m\"");
                 return None;
@@ -575,10 +730,18 @@ impl Decoder {
                 && !key.starts_with(|c: char| c.is_ascii_digit())
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                self.error(&p, value.line, format!("`{key}` is not a valid environment variable name"));
+                self.error(
+                    &p,
+                    value.line,
+                    format!("`{key}` is not a valid environment variable name"),
+                );
                 ok = false;
             } else if key.starts_with("AO_") || key.starts_with("NOMAD_") {
-                self.error(&p, value.line, format!("`{key}` is reserved: AO_* and NOMAD_* are set by the executor"));
+                self.error(
+                    &p,
+                    value.line,
+                    format!("`{key}` is reserved: AO_* and NOMAD_* are set by the executor"),
+                );
                 ok = false;
             } else if vars.contains_key(key) {
                 self.error(&p, value.line, format!("`{key}` is set twice"));
@@ -610,7 +773,8 @@ pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('-')
         && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 #[cfg(test)]

@@ -107,7 +107,10 @@ fn read_json(source: &str) -> Result<Node, SyntaxError> {
         }
         other => Err(SyntaxError {
             line: Some(1),
-            message: format!("expected a JSON object at the top level, found {}", other.kind()),
+            message: format!(
+                "expected a JSON object at the top level, found {}",
+                other.kind()
+            ),
         }),
     }
 }
@@ -129,7 +132,10 @@ fn read_hcl(source: &str) -> Result<Node, SyntaxError> {
     let mut entries = Vec::new();
     for structure in body.iter() {
         if let Structure::Attribute(attr) = structure {
-            entries.push((attr.key.as_str().to_string(), reader.expression(&attr.value)));
+            entries.push((
+                attr.key.as_str().to_string(),
+                reader.expression(&attr.value),
+            ));
         }
     }
     let line = Some(1);
@@ -148,7 +154,10 @@ fn collect_locals(body: &Body, source: &str, lines: &LineIndex) -> HashMap<Strin
     let mut locals = HashMap::new();
     for block in body.get_blocks("locals") {
         for attr in block.body.attributes() {
-            locals.insert(attr.key.as_str().to_string(), reader.expression(&attr.value));
+            locals.insert(
+                attr.key.as_str().to_string(),
+                reader.expression(&attr.value),
+            );
         }
     }
     locals
@@ -372,7 +381,13 @@ inputs = {
         let root = read_document("cluster_name = \"c\"\nport = 8\n", Format::Hcl).unwrap();
         let entries = map(&root);
         assert_eq!(entries.len(), 2);
-        assert_eq!(entries[1].1, Node { value: Value::Number(8.0), line: Some(2) });
+        assert_eq!(
+            entries[1].1,
+            Node {
+                value: Value::Number(8.0),
+                line: Some(2)
+            }
+        );
     }
 
     #[test]

@@ -25,8 +25,14 @@ fn hcl(src: &str) -> Result<Inputs, InputError> {
 fn check_err(src: &str, format: Format, path: &str, line: Option<usize>, fragment: &str) {
     let err = decode(src, format, "in.hcl").expect_err("should be refused");
     let hit = err.errors.iter().find(|e| e.path == path);
-    let Some(hit) = hit else { panic!("no error for `{path}` in: {err}") };
-    assert!(hit.message.contains(fragment), "`{}` lacks `{fragment}`", hit.message);
+    let Some(hit) = hit else {
+        panic!("no error for `{path}` in: {err}")
+    };
+    assert!(
+        hit.message.contains(fragment),
+        "`{}` lacks `{fragment}`",
+        hit.message
+    );
     if line.is_some() {
         assert_eq!(hit.line, line, "line of {path}");
     }
@@ -55,22 +61,61 @@ fn tfvars_json_spelling_gives_the_same_inputs() {
     let json = r#"{"cluster_name": "prod", "datacenters": ["dc1", "dc2"], "agent_types": {"coder": {
         "image": "ghcr.io/acme/coder:1", "cpu_limit": 2000, "memory_limit": "2GB", "max_instances": 5,
         "env_vars": {"LOG_LEVEL": "debug"}, "timeout": "1h"}}}"#;
-    assert_eq!(decode(json, Format::Json, "x.tfvars.json").unwrap(), hcl(VALID).unwrap());
+    assert_eq!(
+        decode(json, Format::Json, "x.tfvars.json").unwrap(),
+        hcl(VALID).unwrap()
+    );
 }
 
 #[test]
 fn bad_values_name_file_line_and_path() {
     let bad_size = VALID.replace("\"2GB\"", "\"2GX\"");
-    check_err(&bad_size, Format::Hcl, "agent_types.coder.memory_limit", Some(9), "unknown size unit");
+    check_err(
+        &bad_size,
+        Format::Hcl,
+        "agent_types.coder.memory_limit",
+        Some(9),
+        "unknown size unit",
+    );
     let zero = VALID.replace("max_instances = 5", "max_instances = 0");
-    check_err(&zero, Format::Hcl, "agent_types.coder.max_instances", Some(10), "out of range");
+    check_err(
+        &zero,
+        Format::Hcl,
+        "agent_types.coder.max_instances",
+        Some(10),
+        "out of range",
+    );
     let unknown = VALID.replace("timeout       = \"1h\"", "gpu = 1");
-    check_err(&unknown, Format::Hcl, "agent_types.coder.gpu", Some(12), "unknown field");
+    check_err(
+        &unknown,
+        Format::Hcl,
+        "agent_types.coder.gpu",
+        Some(12),
+        "unknown field",
+    );
     let negative = VALID.replace("cpu_limit     = 2000", "cpu_limit = -5");
-    check_err(&negative, Format::Hcl, "agent_types.coder.cpu_limit", Some(8), "out of range");
+    check_err(
+        &negative,
+        Format::Hcl,
+        "agent_types.coder.cpu_limit",
+        Some(8),
+        "out of range",
+    );
     let missing = VALID.replace("image         = \"ghcr.io/acme/coder:1\"", "");
-    check_err(&missing, Format::Hcl, "agent_types.coder.image", None, "required field");
-    check_err("inputs = {\n  cluster_name = \"x\"\n  bad = = 1\n}\n", Format::Hcl, "", Some(3), "invalid HCL");
+    check_err(
+        &missing,
+        Format::Hcl,
+        "agent_types.coder.image",
+        None,
+        "required field",
+    );
+    check_err(
+        "inputs = {\n  cluster_name = \"x\"\n  bad = = 1\n}\n",
+        Format::Hcl,
+        "",
+        Some(3),
+        "invalid HCL",
+    );
 }
 
 #[test]
@@ -78,31 +123,65 @@ fn duplicate_agent_types_are_refused() {
     let json = r#"{"cluster_name": "c", "agent_types": {
         "a": {"image": "i", "cpu_limit": 1, "memory_limit": "64MB", "max_instances": 1},
         "a": {"image": "i", "cpu_limit": 1, "memory_limit": "64MB", "max_instances": 1}}}"#;
-    check_err(json, Format::Json, "agent_types.a", None, "duplicate agent type");
+    check_err(
+        json,
+        Format::Json,
+        "agent_types.a",
+        None,
+        "duplicate agent type",
+    );
 }
 
 #[test]
 fn unresolved_references_are_errors_only_where_needed() {
-    let src = VALID.replace("cluster_name = \"prod\"", "cluster_name = dependency.c.outputs.name");
-    check_err(&src, Format::Hcl, "cluster_name", Some(3), "dependency.c.outputs.name");
+    let src = VALID.replace(
+        "cluster_name = \"prod\"",
+        "cluster_name = dependency.c.outputs.name",
+    );
+    check_err(
+        &src,
+        Format::Hcl,
+        "cluster_name",
+        Some(3),
+        "dependency.c.outputs.name",
+    );
     // Unresolved values elsewhere in the file (outside inputs) never matter.
-    let with_blocks = format!("include \"root\" {{\n  path = find_in_parent_folders()\n}}\n{VALID}");
+    let with_blocks =
+        format!("include \"root\" {{\n  path = find_in_parent_folders()\n}}\n{VALID}");
     assert!(hcl(&with_blocks).is_ok());
 }
 
 #[test]
 fn reserved_and_invalid_env_names_are_refused() {
     let src = VALID.replace("LOG_LEVEL", "AO_TASK_ID");
-    check_err(&src, Format::Hcl, "agent_types.coder.env_vars.AO_TASK_ID", Some(11), "reserved");
+    check_err(
+        &src,
+        Format::Hcl,
+        "agent_types.coder.env_vars.AO_TASK_ID",
+        Some(11),
+        "reserved",
+    );
     let src = VALID.replace("LOG_LEVEL", "\"1BAD\"");
-    check_err(&src, Format::Hcl, "agent_types.coder.env_vars.1BAD", Some(11), "not a valid");
+    check_err(
+        &src,
+        Format::Hcl,
+        "agent_types.coder.env_vars.1BAD",
+        Some(11),
+        "not a valid",
+    );
 }
 
 #[test]
 fn nomad_version_switches_max_run_duration() {
-    let src = VALID.replace("cluster_name = \"prod\"", "cluster_name = \"prod\"\n  nomad_version = \"2.0.3\"");
+    let src = VALID.replace(
+        "cluster_name = \"prod\"",
+        "cluster_name = \"prod\"\n  nomad_version = \"2.0.3\"",
+    );
     assert!(hcl(&src).unwrap().nomad_supports_max_run_duration());
-    let src = VALID.replace("cluster_name = \"prod\"", "cluster_name = \"prod\"\n  nomad_version = \"2.0.2\"");
+    let src = VALID.replace(
+        "cluster_name = \"prod\"",
+        "cluster_name = \"prod\"\n  nomad_version = \"2.0.2\"",
+    );
     assert!(!hcl(&src).unwrap().nomad_supports_max_run_duration());
 }
 
@@ -128,7 +207,10 @@ fn every_default_in_the_schema_decodes() {
 #[test]
 fn terraform_types_describe_the_agent_object() {
     let ty = Kind::AgentTypes.terraform_type();
-    assert!(ty.starts_with("map(object({ image = string, cpu_limit = number"), "{ty}");
+    assert!(
+        ty.starts_with("map(object({ image = string, cpu_limit = number"),
+        "{ty}"
+    );
     assert!(ty.contains("env_vars = optional(map(string), {})"), "{ty}");
 }
 

@@ -14,9 +14,9 @@ pub fn parse_size_mb(text: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
-    let amount: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size: expected a number with a unit, e.g. \"512MB\" or \"2GB\""))?;
+    let amount: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a size: expected a number with a unit, e.g. \"512MB\" or \"2GB\"")
+    })?;
     let factor = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "M" | "MB" | "MIB" => 1.0,
         "G" | "GB" | "GIB" => 1024.0,
@@ -30,7 +30,9 @@ pub fn parse_size_mb(text: &str) -> Result<u64, String> {
     };
     let mb = amount * factor;
     if !mb.is_finite() || mb < 1.0 || mb.fract() != 0.0 {
-        return Err(format!("`{text}` is not a whole, positive number of megabytes"));
+        return Err(format!(
+            "`{text}` is not a whole, positive number of megabytes"
+        ));
     }
     if mb > u32::MAX as f64 {
         return Err(format!("`{text}` is too large"));
@@ -94,8 +96,16 @@ pub fn parse_version(text: &str) -> Result<(u64, u64, u64), String> {
     let mut parts = core.split('.').map(|p| p.parse::<u64>());
     let bad = || format!("`{text}` is not a version: expected e.g. \"1.9.4\"");
     let major = parts.next().and_then(|p| p.ok()).ok_or_else(bad)?;
-    let minor = parts.next().map(|p| p.map_err(|_| bad())).transpose()?.unwrap_or(0);
-    let patch = parts.next().map(|p| p.map_err(|_| bad())).transpose()?.unwrap_or(0);
+    let minor = parts
+        .next()
+        .map(|p| p.map_err(|_| bad()))
+        .transpose()?
+        .unwrap_or(0);
+    let patch = parts
+        .next()
+        .map(|p| p.map_err(|_| bad()))
+        .transpose()?
+        .unwrap_or(0);
     if parts.next().is_some() {
         return Err(bad());
     }
@@ -108,14 +118,23 @@ mod tests {
 
     #[test]
     fn sizes_parse_to_megabytes() {
-        for (text, mb) in [("512MB", 512), ("2GB", 2048), ("1.5GiB", 1536), ("256", 256), ("1g", 1024), ("2048KB", 2)] {
+        for (text, mb) in [
+            ("512MB", 512),
+            ("2GB", 2048),
+            ("1.5GiB", 1536),
+            ("256", 256),
+            ("1g", 1024),
+            ("2048KB", 2),
+        ] {
             assert_eq!(parse_size_mb(text), Ok(mb), "{text}");
         }
     }
 
     #[test]
     fn bad_sizes_are_refused() {
-        for text in ["2GX", "", "MB", "0MB", "-1GB", "0.5MB", "1.2.3GB", "1e400GB"] {
+        for text in [
+            "2GX", "", "MB", "0MB", "-1GB", "0.5MB", "1.2.3GB", "1e400GB",
+        ] {
             assert!(parse_size_mb(text).is_err(), "{text} should be refused");
         }
     }

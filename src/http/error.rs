@@ -60,7 +60,9 @@ impl IntoResponse for ApiError {
 impl From<IntakeError> for ApiError {
     fn from(err: IntakeError) -> Self {
         match err {
-            IntakeError::UnknownAgentType(_) | IntakeError::Invalid(_) => ApiError::Unprocessable(err.to_string()),
+            IntakeError::UnknownAgentType(_) | IntakeError::Invalid(_) => {
+                ApiError::Unprocessable(err.to_string())
+            }
             IntakeError::QueueFull { .. } => ApiError::TooManyRequests(err.to_string()),
             IntakeError::NotFound(_) => ApiError::NotFound(err.to_string()),
             IntakeError::InvalidTransition { .. } => ApiError::Conflict(err.to_string()),

@@ -47,7 +47,12 @@ pub(super) struct AgentLoop {
 }
 
 impl AgentLoop {
-    pub(super) fn new(ctx: Arc<Context>, agent: AgentType, changed: mpsc::UnboundedReceiver<TaskId>, wake: Arc<Notify>) -> Self {
+    pub(super) fn new(
+        ctx: Arc<Context>,
+        agent: AgentType,
+        changed: mpsc::UnboundedReceiver<TaskId>,
+        wake: Arc<Notify>,
+    ) -> Self {
         let s = &ctx.settings;
         let breaker = Breaker::new(s.breaker_threshold, s.breaker_cooldown);
         let max_attempts = ctx.inputs.max_attempts_for(&agent);
@@ -105,7 +110,9 @@ impl AgentLoop {
                     self.active.insert(task.id.clone(), task);
                 }
             }
-            Err(e) => warn!(agent_type = %self.agent.name, error = %e, "cannot read the ledger; will retry"),
+            Err(e) => {
+                warn!(agent_type = %self.agent.name, error = %e, "cannot read the ledger; will retry")
+            }
         }
         self.sweep(now_ms(), 100_000).await;
         if !self.active.is_empty() {
@@ -199,7 +206,8 @@ impl AgentLoop {
         let wall = now_ms();
         match state {
             RunState::NotFound if task.cancel_requested => {
-                self.finish(task, Outcome::Cancelled { finished_at: wall }).await?;
+                self.finish(task, Outcome::Cancelled { finished_at: wall })
+                    .await?;
             }
             RunState::NotFound if task.status == Status::Dispatched => {
                 // Claimed but never started (crash between claim and dispatch): start it now;
@@ -208,18 +216,40 @@ impl AgentLoop {
             }
             RunState::NotFound => {
                 let reason = "the running attempt vanished from the executor".to_string();
-                self.finish(task, Outcome::Lost { reason, finished_at: wall }).await?;
+                self.finish(
+                    task,
+                    Outcome::Lost {
+                        reason,
+                        finished_at: wall,
+                    },
+                )
+                .await?;
             }
             RunState::Pending => {
-                let dispatched = task.attempts.last().map(|a| a.dispatched_at).unwrap_or(task.updated_at);
+                let dispatched = task
+                    .attempts
+                    .last()
+                    .map(|a| a.dispatched_at)
+                    .unwrap_or(task.updated_at);
                 if wall - dispatched > self.ctx.settings.pending_limit.as_millis() as Millis {
                     self.ctx.executor.stop(&task, StopReason::Timeout).await?;
                     let reason = "the attempt was not started within the pending limit".to_string();
-                    self.finish(task, Outcome::Lost { reason, finished_at: wall }).await?;
+                    self.finish(
+                        task,
+                        Outcome::Lost {
+                            reason,
+                            finished_at: wall,
+                        },
+                    )
+                    .await?;
                 }
             }
             RunState::Running { started_at } => {
-                let task = if task.status == Status::Dispatched { self.mark_running(task, started_at.unwrap_or(wall)).await? } else { task };
+                let task = if task.status == Status::Dispatched {
+                    self.mark_running(task, started_at.unwrap_or(wall)).await?
+                } else {
+                    task
+                };
                 self.enforce_deadline(task, wall).await?;
             }
             RunState::Finished(outcome) => self.finish(task, outcome).await?,
@@ -228,7 +258,9 @@ impl AgentLoop {
     }
 
     async fn enforce_deadline(&mut self, task: Task, wall: Millis) -> Result<(), StepError> {
-        let Some(deadline) = task.deadline_at else { return Ok(()) };
+        let Some(deadline) = task.deadline_at else {
+            return Ok(());
+        };
         let grace = self.ctx.settings.timeout_grace.as_millis() as Millis;
         if wall < deadline + grace {
             return Ok(());
@@ -238,7 +270,8 @@ impl AgentLoop {
         // The coordinator decides timed_out from its own deadline, never from the executor
         // alone; if the executor has not confirmed the stop after a few graces, record it anyway.
         if wall >= deadline + 4 * grace {
-            self.finish(task, Outcome::TimedOut { finished_at: wall }).await?;
+            self.finish(task, Outcome::TimedOut { finished_at: wall })
+                .await?;
         }
         Ok(())
     }
@@ -259,29 +292,64 @@ impl AgentLoop {
 
     /// Records how an attempt ended and decides what follows (done, retry, requeue).
     async fn finish(&mut self, task: Task, outcome: Outcome) -> Result<(), StepError> {
-        let failures = task.attempts.iter().filter(|a| matches!(a.outcome.as_deref(), Some("failed"))).count() as u32;
+        let failures = task
+            .attempts
+            .iter()
+            .filter(|a| matches!(a.outcome.as_deref(), Some("failed")))
+            .count() as u32;
         match outcome {
-            Outcome::Succeeded { result, finished_at } => {
+            Outcome::Succeeded {
+                result,
+                finished_at,
+            } => {
                 self.breaker.record_success();
-                self.terminal(task, Status::Succeeded, finished_at, result, None).await
+                self.terminal(task, Status::Succeeded, finished_at, result, None)
+                    .await
             }
-            Outcome::Failed { error, finished_at } if failures + 1 < self.max_attempts.min(task.max_attempts) => {
+            Outcome::Failed { error, finished_at }
+                if failures + 1 < self.max_attempts.min(task.max_attempts) =>
+            {
                 self.breaker.record_success();
                 self.retry(task, "failed", error, finished_at, true).await
             }
             Outcome::Failed { error, finished_at } => {
                 self.breaker.record_success();
-                self.terminal(task, Status::Failed, finished_at, None, Some(error)).await
+                self.terminal(task, Status::Failed, finished_at, None, Some(error))
+                    .await
             }
             Outcome::TimedOut { finished_at } => {
-                let error = format!("attempt {} exceeded its timeout of {}s", task.attempt, task.timeout_ms / 1000);
-                self.terminal(task, Status::TimedOut, finished_at, None, Some(error)).await
+                let error = format!(
+                    "attempt {} exceeded its timeout of {}s",
+                    task.attempt,
+                    task.timeout_ms / 1000
+                );
+                self.terminal(task, Status::TimedOut, finished_at, None, Some(error))
+                    .await
             }
-            Outcome::Cancelled { finished_at } => self.terminal(task, Status::Cancelled, finished_at, None, Some("cancelled".into())).await,
+            Outcome::Cancelled { finished_at } => {
+                self.terminal(
+                    task,
+                    Status::Cancelled,
+                    finished_at,
+                    None,
+                    Some("cancelled".into()),
+                )
+                .await
+            }
             Outcome::Lost { finished_at, .. } if task.cancel_requested => {
-                self.terminal(task, Status::Cancelled, finished_at, None, Some("cancelled".into())).await
+                self.terminal(
+                    task,
+                    Status::Cancelled,
+                    finished_at,
+                    None,
+                    Some("cancelled".into()),
+                )
+                .await
             }
-            Outcome::Lost { reason, finished_at } => {
+            Outcome::Lost {
+                reason,
+                finished_at,
+            } => {
                 // Infrastructure, not the agent: requeue without spending an attempt.
                 self.breaker.record_failure(Instant::now());
                 warn!(task_id = %task.id, agent_type = %task.agent_type, %reason, "attempt lost; requeueing");
@@ -290,7 +358,14 @@ impl AgentLoop {
         }
     }
 
-    async fn terminal(&mut self, task: Task, status: Status, finished_at: Millis, result: Option<serde_json::Value>, error: Option<String>) -> Result<(), StepError> {
+    async fn terminal(
+        &mut self,
+        task: Task,
+        status: Status,
+        finished_at: Millis,
+        result: Option<serde_json::Value>,
+        error: Option<String>,
+    ) -> Result<(), StepError> {
         let outcome = status.as_str().to_string();
         let id = task.id.clone();
         self.write(&task, |t| {
@@ -313,10 +388,22 @@ impl AgentLoop {
     }
 
     /// Back to `queued`, visible again after a backoff (agent failure) or at once (lost).
-    async fn retry(&mut self, task: Task, outcome: &str, error: String, finished_at: Millis, with_backoff: bool) -> Result<(), StepError> {
+    async fn retry(
+        &mut self,
+        task: Task,
+        outcome: &str,
+        error: String,
+        finished_at: Millis,
+        with_backoff: bool,
+    ) -> Result<(), StepError> {
         let delay = if with_backoff {
             let unit: f64 = rand::rng().random();
-            backoff(self.ctx.settings.retry_base, self.ctx.settings.retry_cap, task.attempt + 1, unit)
+            backoff(
+                self.ctx.settings.retry_base,
+                self.ctx.settings.retry_cap,
+                task.attempt + 1,
+                unit,
+            )
         } else {
             Duration::ZERO
         };
@@ -336,7 +423,10 @@ impl AgentLoop {
             .await?;
         info!(task_id = %next.id, agent_type = %self.agent.name, attempt = next.attempt, delay_ms = delay.as_millis() as u64, %error, "attempt ended; task requeued");
         self.forget(&next.id);
-        self.ctx.queue.send(&self.agent.name, &next.id, next.priority, delay).await?;
+        self.ctx
+            .queue
+            .send(&self.agent.name, &next.id, next.priority, delay)
+            .await?;
         if !delay.is_zero() {
             let at = Instant::now() + delay;
             self.next_retry = Some(self.next_retry.map_or(at, |r| r.min(at)));
@@ -354,7 +444,11 @@ impl AgentLoop {
         if wanted == 0 {
             return Ok(free == 0);
         }
-        let messages = self.ctx.queue.receive(&self.agent.name, wanted, self.ctx.settings.visibility).await?;
+        let messages = self
+            .ctx
+            .queue
+            .receive(&self.agent.name, wanted, self.ctx.settings.visibility)
+            .await?;
         let filled = messages.len() == wanted;
         for message in messages {
             let task_id = message.task_id.clone();
@@ -388,14 +482,24 @@ impl AgentLoop {
                 t.attempt += 1;
                 t.deadline_at = Some(wall + timeout.as_millis() as Millis);
                 t.executor_handle = None;
-                t.attempts.push(AttemptRecord { attempt: t.attempt, dispatched_at: wall, started_at: None, finished_at: None, outcome: None, error: None, handle: None });
+                t.attempts.push(AttemptRecord {
+                    attempt: t.attempt,
+                    dispatched_at: wall,
+                    started_at: None,
+                    finished_at: None,
+                    outcome: None,
+                    error: None,
+                    handle: None,
+                });
             })
             .await
         {
             Ok(claimed) => claimed,
             Err(StepError::Store(StoreError::Conflict { .. })) => {
                 // Someone else moved it (cancel, another coordinator): look at it again later.
-                return Ok(queue.nack(&agent_type, &message.receipt, Duration::from_millis(50)).await?);
+                return Ok(queue
+                    .nack(&agent_type, &message.receipt, Duration::from_millis(50))
+                    .await?);
             }
             Err(e) => return Err(e),
         };
@@ -431,13 +535,19 @@ impl AgentLoop {
             }
             Err(ExecError::Rejected { message }) => {
                 warn!(task_id = %task.id, agent_type = %self.agent.name, error = %message, "executor refused the task");
-                self.terminal(task, Status::Failed, now_ms(), None, Some(message)).await
+                self.terminal(task, Status::Failed, now_ms(), None, Some(message))
+                    .await
             }
             Err(ExecError::Unavailable { message }) => {
                 self.breaker.record_failure(Instant::now());
                 warn!(task_id = %task.id, agent_type = %self.agent.name, error = %message, "dispatch failed; requeueing");
                 let unit: f64 = rand::rng().random();
-                let delay = backoff(self.ctx.settings.retry_base, self.ctx.settings.retry_cap, 2, unit);
+                let delay = backoff(
+                    self.ctx.settings.retry_base,
+                    self.ctx.settings.retry_cap,
+                    2,
+                    unit,
+                );
                 let not_before = now_ms() + delay.as_millis() as Millis;
                 let next = self
                     .write(&task, |t| {
@@ -450,7 +560,10 @@ impl AgentLoop {
                     })
                     .await?;
                 self.forget(&next.id);
-                self.ctx.queue.send(&self.agent.name, &next.id, next.priority, delay).await?;
+                self.ctx
+                    .queue
+                    .send(&self.agent.name, &next.id, next.priority, delay)
+                    .await?;
                 Ok(())
             }
         }
@@ -459,13 +572,24 @@ impl AgentLoop {
     /// Re-sends queued tasks last written before `before` (a crash between the store write and
     /// the queue send leaves a task with no message; sending one that waits is a no-op).
     async fn sweep(&mut self, before: Millis, limit: usize) {
-        let tasks = match self.ctx.store.stale_queued(&self.agent.name, before, limit).await {
+        let tasks = match self
+            .ctx
+            .store
+            .stale_queued(&self.agent.name, before, limit)
+            .await
+        {
             Ok(tasks) => tasks,
             Err(e) => return warn!(agent_type = %self.agent.name, error = %e, "sweep failed"),
         };
         for task in tasks {
-            let delay = Duration::from_millis(task.not_before.saturating_sub(now_ms()).max(0) as u64);
-            if let Err(e) = self.ctx.queue.send(&self.agent.name, &task.id, task.priority, delay).await {
+            let delay =
+                Duration::from_millis(task.not_before.saturating_sub(now_ms()).max(0) as u64);
+            if let Err(e) = self
+                .ctx
+                .queue
+                .send(&self.agent.name, &task.id, task.priority, delay)
+                .await
+            {
                 warn!(task_id = %task.id, error = %e, "re-enqueue failed");
             }
         }
@@ -474,7 +598,11 @@ impl AgentLoop {
     // ---------------------------------------------------------------- helpers
 
     /// Compare-and-set write of a modified copy of `task`; updates the ledger.
-    async fn write(&mut self, task: &Task, change: impl FnOnce(&mut Task)) -> Result<Task, StepError> {
+    async fn write(
+        &mut self,
+        task: &Task,
+        change: impl FnOnce(&mut Task),
+    ) -> Result<Task, StepError> {
         let mut next = task.clone();
         change(&mut next);
         next.updated_at = now_ms();
@@ -495,7 +623,12 @@ impl AgentLoop {
     }
 
     async fn publish(&mut self) {
-        let depth = self.ctx.queue.depth(&self.agent.name).await.unwrap_or_default();
+        let depth = self
+            .ctx
+            .queue
+            .depth(&self.agent.name)
+            .await
+            .unwrap_or_default();
         let queued = depth.visible + depth.delayed;
         let running = self.active.len();
         let capacity = (self.agent.max_instances as usize).saturating_sub(running);
@@ -504,8 +637,20 @@ impl AgentLoop {
             CircuitState::Open { .. } => "open",
             CircuitState::HalfOpen { .. } => "half_open",
         };
-        metrics::agent_gauges(&self.agent.name, queued, running, capacity, self.breaker.is_open());
-        let status = AgentStatus { max_instances: self.agent.max_instances, queued, running, capacity, circuit };
+        metrics::agent_gauges(
+            &self.agent.name,
+            queued,
+            running,
+            capacity,
+            self.breaker.is_open(),
+        );
+        let status = AgentStatus {
+            max_instances: self.agent.max_instances,
+            queued,
+            running,
+            capacity,
+            circuit,
+        };
         self.ctx.set_status(&self.agent.name, status);
     }
 }

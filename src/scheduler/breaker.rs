@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
     Closed,
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// One probe dispatch is allowed; its outcome decides.
-    HalfOpen { probing: bool },
+    HalfOpen {
+        probing: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -22,7 +26,12 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Breaker { threshold: threshold.max(1), cooldown, consecutive_failures: 0, state: CircuitState::Closed }
+        Breaker {
+            threshold: threshold.max(1),
+            cooldown,
+            consecutive_failures: 0,
+            state: CircuitState::Closed,
+        }
     }
 
     pub fn state(&self) -> CircuitState {
@@ -38,7 +47,9 @@ impl Breaker {
         match self.state {
             CircuitState::Closed => wanted,
             CircuitState::Open { until } if now >= until => {
-                self.state = CircuitState::HalfOpen { probing: wanted > 0 };
+                self.state = CircuitState::HalfOpen {
+                    probing: wanted > 0,
+                };
                 wanted.min(1)
             }
             CircuitState::Open { .. } => 0,
@@ -67,7 +78,9 @@ impl Breaker {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         let probe_failed = matches!(self.state, CircuitState::HalfOpen { .. });
         if probe_failed || self.consecutive_failures >= self.threshold {
-            self.state = CircuitState::Open { until: now + self.cooldown };
+            self.state = CircuitState::Open {
+                until: now + self.cooldown,
+            };
         }
     }
 }
@@ -88,7 +101,11 @@ mod tests {
         assert!(b.is_open());
         assert_eq!(b.admit(5, t0 + Duration::from_secs(9)), 0);
         assert_eq!(b.admit(5, t0 + Duration::from_secs(10)), 1, "one probe");
-        assert_eq!(b.admit(5, t0 + Duration::from_secs(10)), 0, "only one probe at a time");
+        assert_eq!(
+            b.admit(5, t0 + Duration::from_secs(10)),
+            0,
+            "only one probe at a time"
+        );
         b.record_success();
         assert_eq!(b.admit(5, t0 + Duration::from_secs(11)), 5);
     }

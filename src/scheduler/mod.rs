@@ -92,12 +92,21 @@ impl Context {
         inputs: Arc<Inputs>,
         settings: Settings,
     ) -> Arc<Context> {
-        let wakers = inputs.agent_types.keys().map(|t| (t.clone(), Arc::new(Notify::new()))).collect();
+        let wakers = inputs
+            .agent_types
+            .keys()
+            .map(|t| (t.clone(), Arc::new(Notify::new())))
+            .collect();
         let statuses = inputs
             .agent_types
             .values()
             .map(|a| {
-                let status = AgentStatus { max_instances: a.max_instances, capacity: a.max_instances as usize, circuit: "closed", ..Default::default() };
+                let status = AgentStatus {
+                    max_instances: a.max_instances,
+                    capacity: a.max_instances as usize,
+                    circuit: "closed",
+                    ..Default::default()
+                };
                 (a.name.clone(), status)
             })
             .collect();
@@ -148,14 +157,21 @@ impl Context {
     }
 
     fn owner_of(&self, task_id: &str) -> Option<String> {
-        self.owners.lock().ok().and_then(|o| o.get(task_id).cloned())
+        self.owners
+            .lock()
+            .ok()
+            .and_then(|o| o.get(task_id).cloned())
     }
 }
 
 /// Runs one loop per agent type until `shutdown` turns true; then each loop stops taking
 /// work and returns once its active tasks are recorded as finished. The caller bounds that
 /// wait with its shutdown grace (unfinished local agents keep running and are re-adopted).
-pub async fn run(ctx: Arc<Context>, mut changes: mpsc::UnboundedReceiver<TaskId>, shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    ctx: Arc<Context>,
+    mut changes: mpsc::UnboundedReceiver<TaskId>,
+    shutdown: watch::Receiver<bool>,
+) {
     let mut routes = HashMap::new();
     let mut loops = JoinSet::new();
     for agent in ctx.inputs.agent_types.values() {
