@@ -14,13 +14,11 @@ fn two_hundred_tasks_respect_each_types_limit_and_run_once() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("events.log");
     let script = logging_script(&log, "sleep 0.02");
+    // The widest type's agents last long enough that a backlog builds up behind them.
+    let slow = logging_script(&log, "sleep 0.2");
     let inputs = shell_inputs(
         dir.path(),
-        &[
-            ("one", 1, &script),
-            ("two", 2, &script),
-            ("five", 5, &script),
-        ],
+        &[("one", 1, &script), ("two", 2, &script), ("five", 5, &slow)],
     );
     let coordinator = Coordinator::start(dir.path(), &["--inputs", inputs.to_str().unwrap()]);
 

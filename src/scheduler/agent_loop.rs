@@ -13,7 +13,7 @@ use super::{AgentStatus, Context};
 use crate::config::AgentType;
 use crate::executor::{ExecError, Outcome, RunState, StopReason};
 use crate::metrics;
-use crate::queue::Message;
+use crate::queue::{Depth, Message};
 use crate::store::StoreError;
 use crate::task::{backoff, now_ms, AttemptRecord, Millis, Status, Task, TaskId};
 
@@ -26,6 +26,14 @@ enum StepError {
     Queue(#[from] crate::queue::QueueError),
     #[error(transparent)]
     Exec(#[from] ExecError),
+}
+
+/// What became of a claimed attempt handed to the executor.
+enum Started {
+    /// Dispatched (or finished as rejected): the queue message is done with.
+    Dispatched,
+    /// The executor was unavailable; the task is queued again, due after `delay`.
+    HandedBack { delay: Duration },
 }
 
 pub(super) struct AgentLoop {
@@ -44,7 +52,14 @@ pub(super) struct AgentLoop {
     /// Earliest retry that was sent with a delay, to wake up for it.
     next_retry: Option<Instant>,
     draining: bool,
+    /// Another coordinator holds the leader lock: observe nothing, dispatch nothing.
+    following: bool,
+    depth: Depth,
+    depth_measured_at: Option<Instant>,
 }
+
+/// Least time between two queue-depth measurements of one loop.
+const DEPTH_INTERVAL: Duration = Duration::from_millis(100);
 
 impl AgentLoop {
     pub(super) fn new(
@@ -71,6 +86,9 @@ impl AgentLoop {
             last_sweep: Instant::now(),
             next_retry: None,
             draining: false,
+            following: false,
+            depth: Depth::default(),
+            depth_measured_at: None,
         }
     }
 
@@ -122,6 +140,22 @@ impl AgentLoop {
 
     /// One observe → decide → act round; returns when to look again.
     async fn reconcile(&mut self) -> Duration {
+        if !self.ctx.is_leader() {
+            if !self.following {
+                info!(agent_type = %self.agent.name, "not the leader: dispatching stops");
+                self.following = true;
+                // The leader owns these now; the ledger is rebuilt on taking over.
+                self.active.clear();
+                self.pending.clear();
+            }
+            self.publish().await;
+            return self.ctx.settings.resync_interval;
+        }
+        if self.following {
+            info!(agent_type = %self.agent.name, "leader: taking over the ledger");
+            self.following = false;
+            self.recover().await;
+        }
         let now = Instant::now();
         let settings = &self.ctx.settings;
         let mut to_observe: BTreeSet<TaskId> = std::mem::take(&mut self.pending);
@@ -211,8 +245,14 @@ impl AgentLoop {
             }
             RunState::NotFound if task.status == Status::Dispatched => {
                 // Claimed but never started (crash between claim and dispatch): start it now;
-                // the executor's dispatch is idempotent per attempt.
-                self.start(task).await?;
+                // the executor's dispatch is idempotent per attempt. No message is in flight
+                // for it here, so a hand-back needs a fresh send.
+                if let Started::HandedBack { delay } = self.start(task.clone()).await? {
+                    self.ctx
+                        .queue
+                        .send(&self.agent.name, &task.id, task.priority, delay)
+                        .await?;
+                }
             }
             RunState::NotFound => {
                 let reason = "the running attempt vanished from the executor".to_string();
@@ -297,6 +337,14 @@ impl AgentLoop {
             .iter()
             .filter(|a| matches!(a.outcome.as_deref(), Some("failed")))
             .count() as u32;
+        // A cancel asked for while the attempt ran wins over a retry (but not over a success
+        // that got there first).
+        if task.cancel_requested && !matches!(outcome, Outcome::Succeeded { .. }) {
+            let reason = Some("cancelled".to_string());
+            return self
+                .terminal(task, Status::Cancelled, now_ms(), None, reason)
+                .await;
+        }
         match outcome {
             Outcome::Succeeded {
                 result,
@@ -327,16 +375,6 @@ impl AgentLoop {
                     .await
             }
             Outcome::Cancelled { finished_at } => {
-                self.terminal(
-                    task,
-                    Status::Cancelled,
-                    finished_at,
-                    None,
-                    Some("cancelled".into()),
-                )
-                .await
-            }
-            Outcome::Lost { finished_at, .. } if task.cancel_requested => {
                 self.terminal(
                     task,
                     Status::Cancelled,
@@ -452,6 +490,15 @@ impl AgentLoop {
         let filled = messages.len() == wanted;
         for message in messages {
             let task_id = message.task_id.clone();
+            if !self.ctx.is_leader() {
+                // Leadership lost mid-round: hand the message back at once.
+                let _ = self
+                    .ctx
+                    .queue
+                    .nack(&self.agent.name, &message.receipt, Duration::ZERO)
+                    .await;
+                continue;
+            }
             if let Err(e) = self.claim_and_start(message).await {
                 warn!(task_id = %task_id, agent_type = %self.agent.name, error = %e, "could not dispatch; the message will be redelivered");
             }
@@ -505,12 +552,20 @@ impl AgentLoop {
         };
         self.ctx.own(&claimed.id, &agent_type);
         self.active.insert(claimed.id.clone(), claimed.clone());
-        self.start(claimed).await?;
-        Ok(queue.ack(&agent_type, &message.receipt).await?)
+        match self.start(claimed).await? {
+            Started::Dispatched => Ok(queue.ack(&agent_type, &message.receipt).await?),
+            // The in-flight message is the task's message: make it visible again after the
+            // delay (a fresh send would be ignored while this one is in flight).
+            Started::HandedBack { delay } => {
+                Ok(queue.nack(&agent_type, &message.receipt, delay).await?)
+            }
+        }
     }
 
-    /// Hands the claimed attempt to the executor and records its handle.
-    async fn start(&mut self, task: Task) -> Result<(), StepError> {
+    /// Hands the claimed attempt to the executor and records its handle. When the executor is
+    /// unavailable the attempt is given back (task `queued` again) and the caller makes its
+    /// queue message visible after the returned delay.
+    async fn start(&mut self, task: Task) -> Result<Started, StepError> {
         let began = Instant::now();
         match self.ctx.executor.dispatch(&task, &self.agent).await {
             Ok(handle) => {
@@ -531,12 +586,13 @@ impl AgentLoop {
                     }
                 }
                 self.pending.insert(task.id.clone());
-                Ok(())
+                Ok(Started::Dispatched)
             }
             Err(ExecError::Rejected { message }) => {
                 warn!(task_id = %task.id, agent_type = %self.agent.name, error = %message, "executor refused the task");
                 self.terminal(task, Status::Failed, now_ms(), None, Some(message))
-                    .await
+                    .await?;
+                Ok(Started::Dispatched)
             }
             Err(ExecError::Unavailable { message }) => {
                 self.breaker.record_failure(Instant::now());
@@ -560,11 +616,7 @@ impl AgentLoop {
                     })
                     .await?;
                 self.forget(&next.id);
-                self.ctx
-                    .queue
-                    .send(&self.agent.name, &next.id, next.priority, delay)
-                    .await?;
-                Ok(())
+                Ok(Started::HandedBack { delay })
             }
         }
     }
@@ -623,12 +675,18 @@ impl AgentLoop {
     }
 
     async fn publish(&mut self) {
-        let depth = self
-            .ctx
-            .queue
-            .depth(&self.agent.name)
-            .await
-            .unwrap_or_default();
+        // Depth is a COUNT on SQLite and an API call on SQS: measure it at most every 100 ms.
+        let now = Instant::now();
+        let measure = self
+            .depth_measured_at
+            .is_none_or(|at| now.duration_since(at) >= DEPTH_INTERVAL);
+        if measure {
+            if let Ok(depth) = self.ctx.queue.depth(&self.agent.name).await {
+                self.depth = depth;
+                self.depth_measured_at = Some(now);
+            }
+        }
+        let depth = self.depth;
         let queued = depth.visible + depth.delayed;
         let running = self.active.len();
         let capacity = (self.agent.max_instances as usize).saturating_sub(running);
@@ -651,6 +709,6 @@ impl AgentLoop {
             capacity,
             circuit,
         };
-        self.ctx.set_status(&self.agent.name, status);
+        self.ctx.set_status(&self.agent.name, status, measure);
     }
 }

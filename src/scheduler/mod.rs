@@ -78,10 +78,15 @@ pub struct Context {
     pub settings: Settings,
     /// Fencing token written with every transition (Consul lock index; 0 single-instance).
     pub fence: AtomicU64,
+    /// Whether this coordinator may dispatch: it holds the leader lock (always true for a
+    /// single instance). Set through [`Context::set_leadership`].
+    leader: std::sync::atomic::AtomicBool,
     wakers: HashMap<String, Arc<Notify>>,
     /// Which agent type owns each active task, to route executor notifications.
     owners: Mutex<HashMap<TaskId, String>>,
     statuses: RwLock<BTreeMap<String, AgentStatus>>,
+    /// Tasks accepted per agent type since its loop last measured the queue depth.
+    accepted_since_publish: HashMap<String, AtomicU64>,
 }
 
 impl Context {
@@ -110,6 +115,7 @@ impl Context {
                 (a.name.clone(), status)
             })
             .collect();
+        let accepted_since_publish = inputs_types(&inputs);
         Arc::new(Context {
             store,
             queue,
@@ -117,10 +123,34 @@ impl Context {
             inputs,
             settings,
             fence: AtomicU64::new(0),
+            leader: std::sync::atomic::AtomicBool::new(true),
             wakers,
             owners: Mutex::new(HashMap::new()),
             statuses: RwLock::new(statuses),
+            accepted_since_publish,
         })
+    }
+
+    /// Queue depth of `agent_type` as last measured plus tasks accepted since (for the
+    /// `task_queue_size` cap; may lag by one reconcile round).
+    pub fn queued_estimate(&self, agent_type: &str) -> u64 {
+        let measured = self
+            .statuses
+            .read()
+            .ok()
+            .and_then(|s| s.get(agent_type).map(|a| a.queued))
+            .unwrap_or(0);
+        let since = self
+            .accepted_since_publish
+            .get(agent_type)
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        measured + since
+    }
+
+    pub fn count_accepted(&self, agent_type: &str) {
+        if let Some(counter) = self.accepted_since_publish.get(agent_type) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Tells `agent_type`'s loop to look now (new task, cancel).
@@ -134,11 +164,33 @@ impl Context {
         self.fence.load(Ordering::SeqCst)
     }
 
+    /// Whether the loops may dispatch and write (this coordinator holds the leader lock).
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+
+    /// Leadership from the leader lock: while `leader`, `fence` (the lock's `LockIndex`) is
+    /// written with every transition; losing it stops dispatching at once. Wakes every loop.
+    pub fn set_leadership(&self, leader: bool, fence: u64) {
+        if leader {
+            self.fence.store(fence, Ordering::SeqCst);
+        }
+        self.leader.store(leader, Ordering::SeqCst);
+        for waker in self.wakers.values() {
+            waker.notify_one();
+        }
+    }
+
     pub fn agent_statuses(&self) -> BTreeMap<String, AgentStatus> {
         self.statuses.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    fn set_status(&self, agent_type: &str, status: AgentStatus) {
+    fn set_status(&self, agent_type: &str, status: AgentStatus, depth_measured: bool) {
+        if depth_measured {
+            if let Some(counter) = self.accepted_since_publish.get(agent_type) {
+                counter.store(0, Ordering::Relaxed);
+            }
+        }
         if let Ok(mut statuses) = self.statuses.write() {
             statuses.insert(agent_type.to_string(), status);
         }
@@ -162,6 +214,14 @@ impl Context {
             .ok()
             .and_then(|o| o.get(task_id).cloned())
     }
+}
+
+fn inputs_types(inputs: &Inputs) -> HashMap<String, AtomicU64> {
+    inputs
+        .agent_types
+        .keys()
+        .map(|t| (t.clone(), AtomicU64::new(0)))
+        .collect()
 }
 
 /// Runs one loop per agent type until `shutdown` turns true; then each loop stops taking

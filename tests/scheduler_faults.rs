@@ -1,0 +1,137 @@
+//! The scheduler under executor faults: the real reconcile loops, the real SQLite backend and
+//! the real local executor, wrapped so its first dispatches fail as `Unavailable` (an outage).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_orchestrator::config::{self, source::Format, AgentType};
+use agent_orchestrator::executor::local::{LocalExecutor, LocalExecutorConfig};
+use agent_orchestrator::executor::{ExecError, Executor, RunState, StopReason};
+use agent_orchestrator::intake::{self, SubmitRequest};
+use agent_orchestrator::scheduler::{self, Context, Settings};
+use agent_orchestrator::store::sqlite::SqliteBackend;
+use agent_orchestrator::store::TaskFilter;
+use agent_orchestrator::task::{Status, Task};
+
+/// Fails the first `failures` dispatches, then delegates.
+struct Outage<E> {
+    inner: E,
+    failures: AtomicUsize,
+    dispatch_calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl<E: Executor> Executor for Outage<E> {
+    async fn dispatch(&self, task: &Task, agent: &AgentType) -> Result<String, ExecError> {
+        self.dispatch_calls.fetch_add(1, Ordering::SeqCst);
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(ExecError::Unavailable {
+                message: "executor down".into(),
+            });
+        }
+        self.inner.dispatch(task, agent).await
+    }
+    async fn status(&self, task: &Task) -> Result<RunState, ExecError> {
+        self.inner.status(task).await
+    }
+    async fn stop(&self, task: &Task, reason: StopReason) -> Result<(), ExecError> {
+        self.inner.stop(task, reason).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_outage_opens_the_circuit_delays_but_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = config::decode(
+        r#"{"cluster_name": "t", "agent_types": {"echo": {"image": "builtin", "cpu_limit": 1, "memory_limit": "64MB", "max_instances": 2}}}"#,
+        Format::Json,
+        "inputs.json",
+    )
+    .unwrap();
+    let backend = Arc::new(SqliteBackend::open(&dir.path().join("db.sqlite")).unwrap());
+    let (notifier, changes) = tokio::sync::mpsc::unbounded_channel();
+    let local =
+        LocalExecutor::new(LocalExecutorConfig::new(dir.path().join("runs")), notifier).unwrap();
+    let executor = Arc::new(Outage {
+        inner: local,
+        failures: AtomicUsize::new(5),
+        dispatch_calls: AtomicUsize::new(0),
+    });
+    let settings = Settings {
+        retry_base: Duration::from_millis(20),
+        breaker_threshold: 3,
+        breaker_cooldown: Duration::from_millis(400),
+        resync_interval: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let ctx = Context::new(
+        backend.clone(),
+        backend.clone(),
+        executor.clone(),
+        Arc::new(inputs),
+        settings,
+    );
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(scheduler::run(ctx.clone(), changes, shutdown_rx));
+
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let request = SubmitRequest {
+            agent_type: "echo".into(),
+            payload: serde_json::json!({"i": i}),
+            ..Default::default()
+        };
+        ids.push(intake::submit(&ctx, request).await.unwrap().0.id);
+    }
+
+    let mut saw_open = false;
+    let finished = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            saw_open |= ctx.agent_statuses()["echo"].circuit != "closed";
+            let page = ctx
+                .store
+                .list(
+                    &TaskFilter {
+                        status: Some(Status::Succeeded),
+                        agent_type: None,
+                    },
+                    100,
+                    None,
+                )
+                .await
+                .unwrap();
+            if page.tasks.len() == ids.len() {
+                return page.tasks;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("every task succeeds once the executor is back");
+
+    assert!(saw_open, "the circuit never opened during the outage");
+    assert_eq!(
+        ctx.agent_statuses()["echo"].circuit,
+        "closed",
+        "the circuit did not recover"
+    );
+    for task in &finished {
+        // Dispatches refused by the outage give their attempt number back: one real attempt each.
+        assert_eq!(task.attempt, 1, "{task:?}");
+        assert_eq!(task.attempts.len(), 1, "{task:?}");
+        assert_eq!(task.result, Some(task.payload.clone()));
+    }
+    let calls = executor.dispatch_calls.load(Ordering::SeqCst);
+    assert!(
+        calls >= 10 + 3,
+        "failed dispatches were not retried: {calls} calls"
+    );
+    let _ = shutdown_tx.send(true);
+    tokio::time::timeout(Duration::from_secs(10), scheduler)
+        .await
+        .expect("drains")
+        .unwrap();
+}
