@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
@@ -488,78 +489,121 @@ impl AgentLoop {
             .receive(&self.agent.name, wanted, self.ctx.settings.visibility)
             .await?;
         let filled = messages.len() == wanted;
+        let mut to_claim = Vec::with_capacity(messages.len());
         for message in messages {
-            let task_id = message.task_id.clone();
-            if !self.ctx.is_leader() {
+            if self.ctx.is_leader() {
+                to_claim.push(message);
+            } else {
                 // Leadership lost mid-round: hand the message back at once.
                 let _ = self
                     .ctx
                     .queue
                     .nack(&self.agent.name, &message.receipt, Duration::ZERO)
                     .await;
-                continue;
             }
-            if let Err(e) = self.claim_and_start(message).await {
-                warn!(task_id = %task_id, agent_type = %self.agent.name, error = %e, "could not dispatch; the message will be redelivered");
+        }
+        // The round runs in phases, each concurrent across the received tasks, so the store
+        // can batch them (the SQLite writer commits concurrent requests together).
+        // 1. Read and claim every received task.
+        let claims = join_all(
+            to_claim
+                .into_iter()
+                .map(|m| claim(&self.ctx, &self.agent.name, m)),
+        )
+        .await;
+        let mut claimed = Vec::with_capacity(claims.len());
+        for result in claims {
+            match result {
+                Ok(Some((task, message))) => {
+                    self.ctx.own(&task.id, &self.agent.name);
+                    self.active.insert(task.id.clone(), task.clone());
+                    claimed.push((task, message));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(agent_type = %self.agent.name, error = %e, "could not claim; the message will be redelivered")
+                }
+            }
+        }
+        // 2. Hand every claimed attempt to the executor.
+        let (executor, agent) = (&self.ctx.executor, &self.agent);
+        let results = join_all(claimed.iter().map(|(task, _)| async move {
+            let began = Instant::now();
+            (executor.dispatch(task, agent).await, began.elapsed())
+        }))
+        .await;
+        // 3. Record the handles, then settle each message.
+        let mut handle_writes = Vec::new();
+        let mut acks = Vec::new();
+        for ((task, message), (result, took)) in claimed.into_iter().zip(results) {
+            match result {
+                Ok(handle) => {
+                    metrics::dispatch_took(took);
+                    debug!(task_id = %task.id, agent_type = %self.agent.name, attempt = task.attempt, %handle, "dispatched");
+                    self.pending.insert(task.id.clone());
+                    if task.executor_handle.as_deref() != Some(handle.as_str()) {
+                        let next = self.with_handle(&task, &handle);
+                        handle_writes.push((task.version, next));
+                    }
+                    acks.push(message);
+                }
+                Err(err) => match self.dispatch_failed(task, err).await {
+                    Ok(Started::Dispatched) => acks.push(message),
+                    Ok(Started::HandedBack { delay }) => {
+                        let nack = self
+                            .ctx
+                            .queue
+                            .nack(&self.agent.name, &message.receipt, delay);
+                        if let Err(e) = nack.await {
+                            warn!(agent_type = %self.agent.name, error = %e, "nack failed; the message reappears after its visibility timeout");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(agent_type = %self.agent.name, error = %e, "could not record a failed dispatch")
+                    }
+                },
+            }
+        }
+        let store = &self.ctx.store;
+        let stored = join_all(
+            handle_writes
+                .iter()
+                .map(|(version, next)| store.update(next, *version)),
+        )
+        .await;
+        for result in stored {
+            match result {
+                Ok(task) if task.status.is_active() => {
+                    self.active.insert(task.id.clone(), task);
+                }
+                // Finished meanwhile (a quick agent), or changed by someone else: the ledger
+                // re-reads it when it observes the task.
+                Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => {
+                    warn!(agent_type = %self.agent.name, error = %e, "could not record a dispatch handle")
+                }
+            }
+        }
+        let queue = &self.ctx.queue;
+        let name = &self.agent.name;
+        for result in join_all(acks.iter().map(|m| queue.ack(name, &m.receipt))).await {
+            if let Err(e) = result {
+                warn!(agent_type = %name, error = %e, "ack failed; the leftover message will be dropped when redelivered");
             }
         }
         Ok(filled)
     }
 
-    async fn claim_and_start(&mut self, message: Message) -> Result<(), StepError> {
-        let queue = self.ctx.queue.clone();
-        let agent_type = self.agent.name.clone();
-        let Some(task) = self.ctx.store.get(&message.task_id).await? else {
-            warn!(task_id = %message.task_id, %agent_type, "queue message for an unknown task; dropping it");
-            return Ok(queue.ack(&agent_type, &message.receipt).await?);
-        };
-        if task.status != Status::Queued || task.agent_type != agent_type {
-            // Already claimed, finished or cancelled: the message is a leftover duplicate.
-            return Ok(queue.ack(&agent_type, &message.receipt).await?);
+    /// `task` with the executor's handle recorded on it and its current attempt.
+    fn with_handle(&self, task: &Task, handle: &str) -> Task {
+        let mut next = task.clone();
+        next.executor_handle = Some(handle.to_string());
+        if let Some(record) = next.current_attempt_mut() {
+            record.handle = Some(handle.to_string());
         }
-        let wall = now_ms();
-        if task.not_before > wall {
-            let wait = Duration::from_millis((task.not_before - wall) as u64);
-            return Ok(queue.nack(&agent_type, &message.receipt, wait).await?);
-        }
-        let timeout = Duration::from_millis(task.timeout_ms);
-        let claimed = match self
-            .write(&task, |t| {
-                t.status = Status::Dispatched;
-                t.attempt += 1;
-                t.deadline_at = Some(wall + timeout.as_millis() as Millis);
-                t.executor_handle = None;
-                t.attempts.push(AttemptRecord {
-                    attempt: t.attempt,
-                    dispatched_at: wall,
-                    started_at: None,
-                    finished_at: None,
-                    outcome: None,
-                    error: None,
-                    handle: None,
-                });
-            })
-            .await
-        {
-            Ok(claimed) => claimed,
-            Err(StepError::Store(StoreError::Conflict { .. })) => {
-                // Someone else moved it (cancel, another coordinator): look at it again later.
-                return Ok(queue
-                    .nack(&agent_type, &message.receipt, Duration::from_millis(50))
-                    .await?);
-            }
-            Err(e) => return Err(e),
-        };
-        self.ctx.own(&claimed.id, &agent_type);
-        self.active.insert(claimed.id.clone(), claimed.clone());
-        match self.start(claimed).await? {
-            Started::Dispatched => Ok(queue.ack(&agent_type, &message.receipt).await?),
-            // The in-flight message is the task's message: make it visible again after the
-            // delay (a fresh send would be ignored while this one is in flight).
-            Started::HandedBack { delay } => {
-                Ok(queue.nack(&agent_type, &message.receipt, delay).await?)
-            }
-        }
+        next.updated_at = now_ms();
+        next.fence = self.ctx.fence();
+        next
     }
 
     /// Hands the claimed attempt to the executor and records its handle. When the executor is
@@ -588,13 +632,21 @@ impl AgentLoop {
                 self.pending.insert(task.id.clone());
                 Ok(Started::Dispatched)
             }
-            Err(ExecError::Rejected { message }) => {
+            Err(err) => self.dispatch_failed(task, err).await,
+        }
+    }
+
+    /// Settles a dispatch the executor refused (the task fails) or could not take (the attempt
+    /// is given back and the task is queued again, due after the returned delay).
+    async fn dispatch_failed(&mut self, task: Task, err: ExecError) -> Result<Started, StepError> {
+        match err {
+            ExecError::Rejected { message } => {
                 warn!(task_id = %task.id, agent_type = %self.agent.name, error = %message, "executor refused the task");
                 self.terminal(task, Status::Failed, now_ms(), None, Some(message))
                     .await?;
                 Ok(Started::Dispatched)
             }
-            Err(ExecError::Unavailable { message }) => {
+            ExecError::Unavailable { message } => {
                 self.breaker.record_failure(Instant::now());
                 warn!(task_id = %task.id, agent_type = %self.agent.name, error = %message, "dispatch failed; requeueing");
                 let unit: f64 = rand::rng().random();
@@ -710,5 +762,59 @@ impl AgentLoop {
             circuit,
         };
         self.ctx.set_status(&self.agent.name, status, measure);
+    }
+}
+
+/// Reads the task behind `message` and claims its next attempt (`queued → dispatched`,
+/// attempt + 1) with a compare-and-set. Leftover, early or contested messages are settled here
+/// and give `None`.
+async fn claim(
+    ctx: &Context,
+    agent_type: &str,
+    message: Message,
+) -> Result<Option<(Task, Message)>, StepError> {
+    let queue = &ctx.queue;
+    let Some(task) = ctx.store.get(&message.task_id).await? else {
+        warn!(task_id = %message.task_id, %agent_type, "queue message for an unknown task; dropping it");
+        queue.ack(agent_type, &message.receipt).await?;
+        return Ok(None);
+    };
+    if task.status != Status::Queued || task.agent_type != agent_type {
+        // Already claimed, finished or cancelled: the message is a leftover duplicate.
+        queue.ack(agent_type, &message.receipt).await?;
+        return Ok(None);
+    }
+    let wall = now_ms();
+    if task.not_before > wall {
+        let wait = Duration::from_millis((task.not_before - wall) as u64);
+        queue.nack(agent_type, &message.receipt, wait).await?;
+        return Ok(None);
+    }
+    let mut next = task.clone();
+    next.status = Status::Dispatched;
+    next.attempt += 1;
+    next.deadline_at = Some(wall + task.timeout_ms as Millis);
+    next.executor_handle = None;
+    next.attempts.push(AttemptRecord {
+        attempt: next.attempt,
+        dispatched_at: wall,
+        started_at: None,
+        finished_at: None,
+        outcome: None,
+        error: None,
+        handle: None,
+    });
+    next.updated_at = wall;
+    next.fence = ctx.fence();
+    match ctx.store.update(&next, task.version).await {
+        Ok(claimed) => Ok(Some((claimed, message))),
+        Err(StoreError::Conflict { .. }) => {
+            // Someone else moved it (cancel, another coordinator): look at it again later.
+            queue
+                .nack(agent_type, &message.receipt, Duration::from_millis(50))
+                .await?;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
