@@ -2,17 +2,22 @@
 //!
 //! See `ARCHITECTURE.md` for the code map. The binary (`src/main.rs`) is a thin shell over
 //! this library.
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod consul;
 pub mod executor;
+pub mod github;
+pub mod http;
+pub mod intake;
 pub mod jobspec;
+pub mod metrics;
 pub mod queue;
 pub mod render;
+pub mod scheduler;
 pub mod serve;
 pub mod store;
 pub mod submit;
 pub mod task;
-pub mod http;
-pub mod intake;
-pub mod metrics;
-pub mod scheduler;
+pub mod workflow;

@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Register the coordinator in a service catalog.
     #[arg(long, env = "AO_REGISTER", value_enum)]
     pub register: Option<RegisterKind>,
+    /// Directory of the rendered agent jobs the Nomad executor registers [default: jobs].
+    #[arg(long, env = "AO_NOMAD_JOB_DIR")]
+    pub nomad_job_dir: Option<PathBuf>,
     /// Create missing queues and tables (cluster backends).
     #[arg(long, env = "AO_BOOTSTRAP")]
     pub bootstrap: bool,
@@ -91,6 +94,18 @@ pub struct ServeArgs {
     /// File holding the GitHub webhook secret (or GITHUB_WEBHOOK_SECRET).
     #[arg(long, env = "AO_GITHUB_WEBHOOK_SECRET_FILE")]
     pub github_webhook_secret_file: Option<PathBuf>,
+    /// GitHub App id (or GITHUB_APP_ID); with the private key, progress is reported on issues.
+    #[arg(long, env = "AO_GITHUB_APP_ID")]
+    pub github_app_id: Option<u64>,
+    /// File holding the GitHub App's private key, PEM (or GITHUB_PRIVATE_KEY).
+    #[arg(long, env = "AO_GITHUB_PRIVATE_KEY_FILE")]
+    pub github_private_key_file: Option<PathBuf>,
+    /// GitHub REST API base URL [default: https://api.github.com].
+    #[arg(long, env = "AO_GITHUB_API_URL")]
+    pub github_api_url: Option<String>,
+    /// GitHub routing rules and budgets, JSON (see `github::GithubOptions`).
+    #[arg(long, env = "AO_GITHUB_CONFIG")]
+    pub github_config: Option<PathBuf>,
     /// Largest request body in bytes [default: 1048576].
     #[arg(long, env = "AO_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -116,7 +131,13 @@ pub struct ServeSettings {
     pub queue: QueueKind,
     pub store: StoreKind,
     pub register: Option<RegisterKind>,
+    /// Where the Nomad executor finds `<type>-agent.nomad.hcl`.
+    pub nomad_job_dir: PathBuf,
+    /// `--bootstrap`: create missing AWS queues and the table before starting.
+    pub bootstrap: bool,
     pub api_token: Option<String>,
+    /// GitHub App / webhook settings; `None` when no webhook secret is configured.
+    pub github: Option<crate::github::GithubSettings>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub scheduler: Settings,
@@ -178,6 +199,20 @@ impl ServeSettings {
             None => None,
             Some(path) => Some(read_secret(&path, "--api-token-file")?),
         };
+        let github = crate::github::GithubSettings::resolve(&crate::github::GithubSources {
+            webhook_secret_file: args
+                .github_webhook_secret_file
+                .clone()
+                .or(merged.github_webhook_secret_file.take()),
+            app_id: args.github_app_id.or(merged.github_app_id),
+            private_key_file: args
+                .github_private_key_file
+                .clone()
+                .or(merged.github_private_key_file.take()),
+            api_url: args.github_api_url.clone().or(merged.github_api_url.take()),
+            config: args.github_config.clone().or(merged.github_config.take()),
+        })
+        .map_err(ServeConfigError)?;
         let settings = ServeSettings {
             listen: args
                 .listen
@@ -200,11 +235,18 @@ impl ServeSettings {
             queue: args.queue.or(merged.queue).unwrap_or(QueueKind::Sqlite),
             store: args.store.or(merged.store).unwrap_or(StoreKind::Sqlite),
             register: args.register.or(merged.register),
+            bootstrap: args.bootstrap,
             api_token,
+            github,
             max_body_bytes: args
                 .max_body_bytes
                 .or(merged.max_body_bytes)
                 .unwrap_or(1024 * 1024),
+            nomad_job_dir: args
+                .nomad_job_dir
+                .clone()
+                .or(merged.nomad_job_dir.take())
+                .unwrap_or_else(|| PathBuf::from("jobs")),
             shutdown_grace: duration(
                 &args.shutdown_grace,
                 &merged.shutdown_grace,
@@ -316,11 +358,18 @@ fn serve_block(root: &Node, file: &str) -> Result<ServeArgs, ServeConfigError> {
             }
             "api_token_file" => args.api_token_file = Some(text.into()),
             "github_webhook_secret_file" => args.github_webhook_secret_file = Some(text.into()),
+            "github_app_id" => {
+                args.github_app_id = Some(text.parse().map_err(|_| bad("a GitHub App id"))?)
+            }
+            "github_private_key_file" => args.github_private_key_file = Some(text.into()),
+            "github_api_url" => args.github_api_url = Some(text),
+            "github_config" => args.github_config = Some(text.into()),
             "max_body_bytes" => {
                 args.max_body_bytes = Some(text.parse().map_err(|_| bad("a number of bytes"))?)
             }
             "shutdown_grace" => args.shutdown_grace = Some(text),
             "retry_base" => args.retry_base = Some(text),
+            "nomad_job_dir" => args.nomad_job_dir = Some(text.into()),
             "log_format" => {
                 args.log_format =
                     Some(clap::ValueEnum::from_str(&text, true).map_err(|_| bad("json or text"))?)
@@ -372,7 +421,7 @@ struct Backends {
     _instance_lock: Option<std::fs::File>,
 }
 
-fn build_backends(
+async fn build_backends(
     settings: &ServeSettings,
     notifier: crate::executor::ChangeNotifier,
 ) -> Result<Backends, ServeError> {
@@ -381,6 +430,7 @@ fn build_backends(
             "{what} is not available in this build yet; use the embedded default"
         )))
     };
+    let (aws_store, aws_queue) = aws_backends(settings).await?;
     let needs_sqlite = settings.store == StoreKind::Sqlite || settings.queue == QueueKind::Sqlite;
     let mut instance_lock = None;
     let mut sqlite = None;
@@ -398,13 +448,15 @@ fn build_backends(
                 ServeError::Runtime(format!("{}: {e}", db.display()))
             })?));
     }
-    let store: Arc<dyn TaskStore> = match (settings.store, &sqlite) {
-        (StoreKind::Sqlite, Some(backend)) => backend.clone(),
-        _ => return Err(unavailable("--store dynamodb")),
+    let store: Arc<dyn TaskStore> = match (settings.store, &sqlite, aws_store) {
+        (StoreKind::Sqlite, Some(backend), _) => backend.clone(),
+        (StoreKind::Dynamodb, _, Some(store)) => store,
+        _ => return Err(unavailable("this --store")),
     };
-    let queue: Arc<dyn TaskQueue> = match (settings.queue, &sqlite) {
-        (QueueKind::Sqlite, Some(backend)) => backend.clone(),
-        _ => return Err(unavailable("--queue sqs")),
+    let queue: Arc<dyn TaskQueue> = match (settings.queue, &sqlite, aws_queue) {
+        (QueueKind::Sqlite, Some(backend), _) => backend.clone(),
+        (QueueKind::Sqs, _, Some(queue)) => queue,
+        _ => return Err(unavailable("this --queue")),
     };
     let executor: Arc<dyn Executor> = match settings.executor {
         ExecutorKind::Local => {
@@ -414,17 +466,113 @@ fn build_backends(
                     .map_err(|e| ServeError::Runtime(e.to_string()))?,
             )
         }
-        ExecutorKind::Nomad => return Err(unavailable("--executor nomad")),
+        ExecutorKind::Nomad => {
+            use crate::executor::nomad::client::NomadClientConfig;
+            use crate::executor::nomad::{NomadExecutor, NomadExecutorConfig, NomadStartError};
+            let config = NomadExecutorConfig::new(
+                NomadClientConfig::from_env(),
+                settings.nomad_job_dir.clone(),
+            );
+            let executor = NomadExecutor::start(config, &settings.inputs, notifier)
+                .await
+                .map_err(|e| match e {
+                    NomadStartError::Client(client) if !client.is_transient() => {
+                        ServeError::Config(ServeConfigError(format!("--executor nomad: {client}")))
+                    }
+                    NomadStartError::Client(client) => {
+                        ServeError::Runtime(format!("--executor nomad: {client}"))
+                    }
+                    other => {
+                        ServeError::Config(ServeConfigError(format!("--executor nomad: {other}")))
+                    }
+                })?;
+            Arc::new(executor)
+        }
     };
-    if settings.register.is_some() {
-        return Err(unavailable("--register consul"));
-    }
     Ok(Backends {
         store,
         queue,
         executor,
         _instance_lock: instance_lock,
     })
+}
+
+/// The AWS backends the settings name (`--store dynamodb`, `--queue sqs`), after `--bootstrap`
+/// created whatever was missing. Names follow the inputs' `cluster_name` (DESIGN.md §3); the
+/// SDK's default chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, credentials) says where.
+/// `AO_SQS_WAIT_SECONDS` sets the receive long-poll (default 0, at most 20); explicit names and
+/// URLs: `AO_TABLE_NAME`, `AO_DLQ_NAME`, `AO_RESULT_QUEUE_NAME`, `AO_SQS_QUEUE_URL_<TYPE>`,
+/// `AO_SQS_DLQ_URL`.
+#[cfg(feature = "aws")]
+async fn aws_backends(
+    settings: &ServeSettings,
+) -> Result<(Option<Arc<dyn TaskStore>>, Option<Arc<dyn TaskQueue>>), ServeError> {
+    use crate::aws::{AwsNames, AwsSettings};
+    use crate::queue::sqs::{SqsOptions, SqsQueue};
+    use crate::store::dynamodb::DynamoStore;
+    let wants_store = settings.store == StoreKind::Dynamodb;
+    let wants_queue = settings.queue == QueueKind::Sqs;
+    if !wants_store && !wants_queue {
+        if settings.bootstrap {
+            warn!("--bootstrap has nothing to create: the embedded backends need no setup");
+        }
+        return Ok((None, None));
+    }
+    let config = crate::aws::sdk_config(&AwsSettings::default()).await;
+    let names = AwsNames::from_inputs(&settings.inputs);
+    if settings.bootstrap {
+        crate::aws::bootstrap(&config, &names)
+            .await
+            .map_err(|e| ServeError::Runtime(format!("--bootstrap: {e}")))?;
+    }
+    let store: Option<Arc<dyn TaskStore>> = wants_store
+        .then(|| Arc::new(DynamoStore::new(&config, &names.table)) as Arc<dyn TaskStore>);
+    let queue = if wants_queue {
+        let wait = match std::env::var("AO_SQS_WAIT_SECONDS") {
+            Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+                ServeError::Config(ServeConfigError(format!(
+                    "AO_SQS_WAIT_SECONDS: `{text}` is not a whole number of seconds"
+                )))
+            })?,
+            Err(_) => 0,
+        };
+        let queue = SqsQueue::new(
+            &config,
+            &names,
+            SqsOptions {
+                wait_time: Duration::from_secs(wait.min(20)),
+            },
+        );
+        for (queue_name, url) in crate::aws::queue_url_overrides(&names) {
+            queue.set_queue_url(&queue_name, &url);
+        }
+        if let Err(e) = queue.resolve_all().await {
+            warn!(error = %e, "SQS queues not reachable yet; the scheduler retries");
+        }
+        Some(Arc::new(queue) as Arc<dyn TaskQueue>)
+    } else {
+        None
+    };
+    Ok((store, queue))
+}
+
+/// Without the `aws` feature the cluster backends are not compiled in.
+#[cfg(not(feature = "aws"))]
+async fn aws_backends(
+    settings: &ServeSettings,
+) -> Result<(Option<Arc<dyn TaskStore>>, Option<Arc<dyn TaskQueue>>), ServeError> {
+    let missing = |flag: &str| {
+        Err(ServeError::Config(ServeConfigError(format!(
+            "{flag} needs the AWS backends, which this binary was built without: rebuild with --features aws (cargo build --features aws)"
+        ))))
+    };
+    if settings.store == StoreKind::Dynamodb {
+        return missing("--store dynamodb");
+    }
+    if settings.queue == QueueKind::Sqs {
+        return missing("--queue sqs");
+    }
+    Ok((None, None))
 }
 
 /// How long `serve` waits for a previous coordinator to release the data dir.
@@ -460,8 +608,11 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, ServeError> {
 
 /// Runs the coordinator until SIGTERM or SIGINT.
 pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
+    // Listen for SIGTERM/SIGINT before anything starts, so a stop that arrives during start-up
+    // is still handled as a clean shutdown (deregistration, drain) once start-up is done.
+    let shutdown = shutdown_signal();
     let (notifier, changes) = mpsc::unbounded_channel();
-    let backends = build_backends(&settings, notifier)?;
+    let backends = build_backends(&settings, notifier).await?;
     let ctx = Context::new(
         backends.store,
         backends.queue,
@@ -480,15 +631,36 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
             ServeError::Runtime(format!("cannot listen on {}: {e}", settings.metrics_listen))
         })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let consul = match settings.register {
+        Some(RegisterKind::Consul) => {
+            Some(start_consul(&settings, &ctx, shutdown_rx.clone()).await?)
+        }
+        None => None,
+    };
 
     let state = AppState {
         ctx: ctx.clone(),
         api_token: settings.api_token.clone().map(Into::into),
         max_body_bytes: settings.max_body_bytes,
+        webhook: match &settings.github {
+            Some(github) => Some(
+                github
+                    .start(Some(&settings.data_dir), ctx.clone(), shutdown_rx.clone())
+                    .map_err(ServeError::Runtime)?,
+            ),
+            None => None,
+        },
     };
-    let router = http::app(state).layer(axum::extract::DefaultBodyLimit::max(
-        settings.max_body_bytes,
-    ));
+    // Workflows (issue 8): their own SQLite file in the data dir, and the engine loop below.
+    let workflow_db = settings.data_dir.join("workflows.db");
+    let workflow_store = crate::workflow::sqlite::SqliteWorkflowStore::open(&workflow_db)
+        .map_err(|e| ServeError::Runtime(format!("{}: {e}", workflow_db.display())))?;
+    let workflows = crate::workflow::Workflows::new(Arc::new(workflow_store));
+    let router = http::app(state)
+        .layer(axum::Extension(workflows.clone()))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            settings.max_body_bytes,
+        ));
     let api = tokio::spawn(serve_until(api_listener, router, shutdown_rx.clone()));
     let metrics_router = axum::Router::new().route(
         "/metrics",
@@ -499,12 +671,17 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         metrics_router,
         shutdown_rx.clone(),
     ));
+    let workflow_engine = tokio::spawn(crate::workflow::engine::run(
+        ctx.clone(),
+        workflows,
+        shutdown_rx.clone(),
+    ));
     let mut scheduler = tokio::spawn(scheduler::run(ctx.clone(), changes, shutdown_rx));
     info!(listen = %settings.listen, metrics_listen = %settings.metrics_listen, data_dir = %settings.data_dir.display(),
         agent_types = ?settings.inputs.agent_types.keys().collect::<Vec<_>>(), "coordinator started");
 
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = shutdown => {}
         result = &mut scheduler => {
             return Err(ServeError::Runtime(format!("scheduler stopped unexpectedly: {result:?}")));
         }
@@ -514,6 +691,9 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         "shutting down"
     );
     let _ = shutdown_tx.send(true);
+    if let Some(consul) = consul {
+        consul.stop().await;
+    }
     if tokio::time::timeout(settings.shutdown_grace, &mut scheduler)
         .await
         .is_err()
@@ -521,10 +701,100 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         warn!("shutdown grace over: attempts still running are left to the next start (they keep running and are re-adopted)");
         scheduler.abort();
     }
+    // The engine only stops between passes; every write it makes is a single CAS.
+    if tokio::time::timeout(Duration::from_secs(2), workflow_engine)
+        .await
+        .is_err()
+    {
+        warn!("workflow engine did not stop in time");
+    }
     let _ = api.await;
     let _ = metrics.await;
     info!("stopped");
     Ok(())
+}
+
+/// The coordinator's Consul parts: its service registrations and the leader lock, whose
+/// leadership gates the scheduler and whose `LockIndex` is the fencing token.
+struct ConsulParts {
+    registration: crate::consul::Registration,
+    lock: tokio::task::JoinHandle<()>,
+    bridge: tokio::task::JoinHandle<()>,
+}
+
+impl ConsulParts {
+    /// Deregisters (SIGTERM) and releases the lock.
+    async fn stop(self) {
+        if let Err(e) = self.registration.deregister().await {
+            warn!(error = %e, "consul deregistration failed");
+        }
+        if tokio::time::timeout(Duration::from_secs(3), self.lock)
+            .await
+            .is_err()
+        {
+            warn!("leader lock did not release in time");
+        }
+        self.bridge.abort();
+    }
+}
+
+async fn start_consul(
+    settings: &ServeSettings,
+    ctx: &Arc<Context>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<ConsulParts, ServeError> {
+    use crate::consul::{self, ConsulClient, ConsulConfig, LockConfig, RegistrationConfig};
+    let client = ConsulClient::new(&ConsulConfig::from_env())
+        .map_err(|e| ServeError::Config(ServeConfigError(format!("--register consul: {e}"))))?;
+    let name = format!("{}-agent-coordinator", settings.inputs.cluster_name);
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "coordinator".into());
+    let id = format!("{name}-{host}-{}", settings.listen.port());
+    let ip = settings.listen.ip();
+    let registration = RegistrationConfig {
+        name: name.clone(),
+        id: id.clone(),
+        address: (!ip.is_unspecified()).then(|| ip.to_string()),
+        port: settings.listen.port(),
+        metrics_port: settings.metrics_listen.port(),
+        tags: vec![
+            "agent-orchestrator".into(),
+            format!("environment={}", settings.inputs.environment),
+        ],
+        meta: [
+            ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            ("cluster".to_string(), settings.inputs.cluster_name.clone()),
+        ]
+        .into_iter()
+        .collect(),
+        check_interval: Duration::from_secs(10),
+        deregister_after: Duration::from_secs(600),
+    };
+    let registration = consul::register(&client, &registration)
+        .await
+        .map_err(|e| ServeError::Runtime(format!("--register consul: {e}")))?;
+    // Dispatch nothing until the lock says so.
+    ctx.set_leadership(false, 0);
+    let lock = LockConfig::new(format!("service/{name}/leader"), id);
+    let (mut leadership, lock) = consul::spawn_leader_lock(client, lock, shutdown);
+    let bridge_ctx = ctx.clone();
+    let bridge = tokio::spawn(async move {
+        loop {
+            let now = *leadership.borrow_and_update();
+            bridge_ctx.set_leadership(now.leader, now.fence);
+            if leadership.changed().await.is_err() {
+                bridge_ctx.set_leadership(false, 0);
+                return;
+            }
+        }
+    });
+    Ok(ConsulParts {
+        registration,
+        lock,
+        bridge,
+    })
 }
 
 async fn serve_until(
@@ -543,20 +813,24 @@ async fn serve_until(
     }
 }
 
-async fn shutdown_signal() {
+/// Registers the SIGTERM/SIGINT handlers now; the returned future ends at the first signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let streams = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match streams {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! failures so the scheduler can retry them without spending the task's attempts.
 
 pub mod local;
+pub mod nomad;
 pub mod supervisor;
 
 use async_trait::async_trait;
@@ -35,14 +36,19 @@ pub enum RunState {
     NotFound,
     /// Accepted, not yet running (Nomad: allocation pending).
     Pending,
-    Running { started_at: Option<Millis> },
+    Running {
+        started_at: Option<Millis>,
+    },
     Finished(Outcome),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Exit 0. `result` is the JSON the agent wrote to `AO_RESULT_FILE`, if any.
-    Succeeded { result: Option<serde_json::Value>, finished_at: Millis },
+    Succeeded {
+        result: Option<serde_json::Value>,
+        finished_at: Millis,
+    },
     /// The agent failed (non-zero exit): retried per the task's policy.
     Failed { error: String, finished_at: Millis },
     /// Killed at its deadline.

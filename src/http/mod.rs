@@ -2,7 +2,10 @@
 //! `router()` per resource; handlers are thin and call `intake` or the store.
 
 mod error;
+mod status_page;
 mod tasks;
+mod webhooks;
+mod workflows;
 
 use std::sync::Arc;
 
@@ -25,16 +28,23 @@ pub struct AppState {
     pub api_token: Option<Arc<str>>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// GitHub webhook settings; `None`: `POST /webhooks/github` answers 404.
+    pub webhook: Option<Arc<crate::github::WebhookConfig>>,
 }
 
 /// The API router: task and agent routes behind the optional bearer token; health open.
 pub fn app(state: AppState) -> Router {
     let protected = Router::new()
         .merge(tasks::router())
+        .merge(workflows::router())
         .route("/agents", get(agents))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(protected)
+        // The status page checks the token itself (bearer or HTTP Basic password).
+        .merge(status_page::router(&state))
+        // Authenticated by its HMAC signature, not the bearer token.
+        .merge(webhooks::router())
         .route("/health", get(health))
         .route("/ready", get(ready))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -45,10 +55,16 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     let Some(expected) = state.api_token.as_deref() else {
         return next.run(request).await;
     };
-    let given = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         None => ApiError::Unauthorized.into_response(),
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => next.run(request).await,
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
         Some(_) => ApiError::Forbidden.into_response(),
     }
 }
@@ -70,9 +86,19 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    state.ctx.store.ping().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    state
+        .ctx
+        .store
+        .ping()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     for agent_type in state.ctx.inputs.agent_types.keys() {
-        state.ctx.queue.depth(agent_type).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        state
+            .ctx
+            .queue
+            .depth(agent_type)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     }
     Ok(Json(serde_json::json!({"status": "ready"})))
 }

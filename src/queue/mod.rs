@@ -4,6 +4,9 @@
 //! message may be delivered more than once (SQS's at-least-once contract), so consumers
 //! treat a message for a task that is no longer queued as already done.
 
+#[cfg(feature = "aws")]
+pub mod sqs;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,17 +48,33 @@ pub struct Depth {
 pub trait TaskQueue: Send + Sync + 'static {
     /// Enqueues `task_id` on `agent_type`'s queue, visible after `delay`. Sending a task id that
     /// is already waiting may be a no-op.
-    async fn send(&self, agent_type: &str, task_id: &str, priority: i64, delay: Duration) -> Result<(), QueueError>;
+    async fn send(
+        &self,
+        agent_type: &str,
+        task_id: &str,
+        priority: i64,
+        delay: Duration,
+    ) -> Result<(), QueueError>;
 
     /// Up to `max` visible messages, highest priority first (FIFO within a priority), hidden
     /// for `visibility` from other receivers.
-    async fn receive(&self, agent_type: &str, max: usize, visibility: Duration) -> Result<Vec<Message>, QueueError>;
+    async fn receive(
+        &self,
+        agent_type: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Message>, QueueError>;
 
     /// Deletes a received message.
     async fn ack(&self, agent_type: &str, receipt: &str) -> Result<(), QueueError>;
 
     /// Returns a received message to the queue, visible again after `delay`.
-    async fn nack(&self, agent_type: &str, receipt: &str, delay: Duration) -> Result<(), QueueError>;
+    async fn nack(
+        &self,
+        agent_type: &str,
+        receipt: &str,
+        delay: Duration,
+    ) -> Result<(), QueueError>;
 
     async fn depth(&self, agent_type: &str) -> Result<Depth, QueueError>;
 }

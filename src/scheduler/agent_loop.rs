@@ -41,7 +41,6 @@ pub(super) struct AgentLoop {
     ctx: Arc<Context>,
     agent: AgentType,
     max_attempts: u32,
-    timeout: Duration,
     /// The ledger: tasks of this type holding a slot, as last read from the store.
     active: HashMap<TaskId, Task>,
     changed: mpsc::UnboundedReceiver<TaskId>,
@@ -72,12 +71,10 @@ impl AgentLoop {
         let s = &ctx.settings;
         let breaker = Breaker::new(s.breaker_threshold, s.breaker_cooldown);
         let max_attempts = ctx.inputs.max_attempts_for(&agent);
-        let timeout = agent.effective_timeout(ctx.inputs.agent_timeout);
         AgentLoop {
             ctx,
             agent,
             max_attempts,
-            timeout,
             active: HashMap::new(),
             changed,
             pending: BTreeSet::new(),
@@ -318,7 +315,9 @@ impl AgentLoop {
     }
 
     async fn mark_running(&mut self, task: Task, started_at: Millis) -> Result<Task, StepError> {
-        let deadline = started_at + self.timeout.as_millis() as Millis;
+        // The attempt's own limit (the submit's `timeout_seconds`, or the type's default),
+        // counted from when it really started.
+        let deadline = started_at + task.timeout_ms as Millis;
         let next = self
             .write(&task, |t| {
                 t.status = Status::Running;

@@ -4,6 +4,8 @@
 //! token is older than the stored one, so a deposed leader's late writes fail.
 
 pub mod conformance;
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -59,14 +61,24 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn update(&self, next: &Task, expected_version: u64) -> Result<Task, StoreError>;
 
     /// Tasks matching `filter`, newest first, at most `limit`, from `cursor` on.
-    async fn list(&self, filter: &TaskFilter, limit: usize, cursor: Option<&str>) -> Result<Page, StoreError>;
+    async fn list(
+        &self,
+        filter: &TaskFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page, StoreError>;
 
     /// Every task of `agent_type` holding a slot (dispatched or running): the ledger.
     async fn active(&self, agent_type: &str) -> Result<Vec<Task>, StoreError>;
 
     /// Queued tasks of `agent_type` last written before `before` (to re-enqueue after a crash
     /// between the store write and the queue send).
-    async fn stale_queued(&self, agent_type: &str, before: Millis, limit: usize) -> Result<Vec<Task>, StoreError>;
+    async fn stale_queued(
+        &self,
+        agent_type: &str,
+        before: Millis,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError>;
 
     /// Number of tasks per (agent type, status).
     async fn counts(&self) -> Result<Vec<(String, Status, u64)>, StoreError>;

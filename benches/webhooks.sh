@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Deliveries/s and latency of our `POST /webhooks/github` (HMAC check + routing + durable enqueue
+# on the embedded SQLite backend), driven exactly as ../shared/peers/octokit/bench.sh drives
+# @octokit/webhooks: same payload (issues/labeled), same secret, same post.lua (a new
+# X-GitHub-Delivery per request), wrk -t2 -c32 -d${DUR:-10}s --latency.
+#
+# MODE=enqueue (default): debounce off, budgets off, so every delivery is a new task written to
+#   the store and the queue (the label `bug` of the fixture is mapped to the agent type `bench`).
+# MODE=defer: as enqueue, but with the default one-task-per-(issue, type) rule: the first
+#   delivery is a task, every later one a trigger recorded durably (github.db) behind it.
+# MODE=debounce: the default rules (10 s debounce window): every delivery of the same issue event
+#   lands on the one task of its window (an idempotency-key lookup, no new task).
+# The `bench` agent type runs `sleep 3600` with max_instances 1, so agents do not compete for CPU.
+#
+# Delivery ids: post.lua builds "d-<i>-<math.random(1e9)>" per request, but wrk's two threads
+# each run their own Lua state with the same (unseeded) random sequence, so both threads send the
+# same ids: with the exact post.lua about half the deliveries are genuine redeliveries, which our
+# endpoint answers from its delivery-id LRU (octokit's server has no de-duplication). UNIQUE=1
+# wraps post.lua in a script that only seeds each thread's generator differently, so every
+# delivery id is new and every delivery takes the full path (verify, route, enqueue).
+
+#
+# Seen here (2 cores, 2026-11-23, back to back with octokit/bench.sh at ~8,800/s, p50 3.2 ms,
+# p99 11.5 ms, which verifies only and stores nothing): UNIQUE=1 MODE=enqueue ~2,140/s, p50
+# 13.7 ms, p99 40 ms (every delivery a durable task); UNIQUE=1 MODE=debounce ~3,100/s; exact
+# post.lua MODE=enqueue ~4,630/s (half of them LRU-answered redeliveries).
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+peer=${PEER:-$root/../shared/peers/octokit}
+body=${BODY:-$root/../shared/fixtures/github-webhooks/issues/labeled.payload.json}
+mode=${MODE:-enqueue}
+[ -f "$body" ] || { echo "no payload at $body (../shared/fixtures missing)"; exit 2; }
+[ -f "$peer/post.lua" ] || { echo "no $peer/post.lua"; exit 2; }
+command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
+(cd "$root" && cargo build --release --quiet --bin agent-orchestrator)
+bin=$root/target/release/agent-orchestrator
+
+work=$(mktemp -d)
+secret=peer-secret
+printf '%s' "$secret" > "$work/secret"
+cat > "$work/inputs.json" <<JSON
+{"cluster_name": "bench", "task_queue_size": 100000000,
+ "agent_types": {"bench": {"image": "local", "cpu_limit": 100, "memory_limit": "64MB",
+   "max_instances": 1, "command": "sleep", "args": ["3600"]}}}
+JSON
+case $mode in
+  enqueue) rules='{"labels": {"bug": "bench"}, "debounce_seconds": 0, "one_task_per_issue": false, "max_runs_per_issue_per_hour": 0, "max_runs_per_repository_per_hour": 0}' ;;
+  defer) rules='{"labels": {"bug": "bench"}, "debounce_seconds": 0, "max_runs_per_issue_per_hour": 0, "max_runs_per_repository_per_hour": 0}' ;;
+  debounce) rules='{"labels": {"bug": "bench"}, "max_runs_per_issue_per_hour": 0, "max_runs_per_repository_per_hour": 0}' ;;
+  *) echo "MODE is enqueue, defer or debounce"; exit 2 ;;
+esac
+echo "{\"rules\": $rules}" > "$work/github.json"
+sig="sha256=$(openssl dgst -sha256 -hmac "$secret" -r "$body" | cut -d' ' -f1)"
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+port=$(free_port); mport=$(free_port)
+setsid "$bin" serve --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" --data-dir "$work/data" \
+  --inputs "$work/inputs.json" --github-webhook-secret-file "$work/secret" --github-config "$work/github.json" \
+  2> "$work/serve.log" & pid=$!
+trap 'kill -TERM -- -$pid 2>/dev/null || kill $pid; sleep 0.5; rm -rf "$work"' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+probe=$(curl -s -X POST "http://127.0.0.1:$port/webhooks/github" -H 'Content-Type: application/json' \
+  -H 'X-GitHub-Event: issues' -H 'X-GitHub-Delivery: probe' -H "X-Hub-Signature-256: $sig" --data-binary @"$body" \
+  -w ' %{http_code}')
+echo "mode $mode; probe: $probe"
+script=$peer/post.lua
+if [ -n "${UNIQUE:-}" ]; then
+  script=$work/unique.lua
+  cat > "$script" <<LUA
+local n = 0
+function setup(thread) n = n + 1; thread:set("tid", n) end
+dofile("$peer/post.lua")
+function init(args) math.randomseed((tid or 0) * 1000003 + os.time()) end
+LUA
+fi
+echo "wrk script: $script"
+BODY_FILE=$body SIG=$sig wrk -t2 -c32 -d"${DUR:-10}"s --latency -s "$script" "http://127.0.0.1:$port/webhooks/github" \
+  | grep -E "Requests/sec|99%|50%|Non-2xx|requests in"
+curl -s "http://127.0.0.1:$mport/metrics" | grep '^agent_orchestrator_webhook_events_total' || true

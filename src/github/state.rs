@@ -1,0 +1,284 @@
+//! The GitHub side's own small record, in its own SQLite file under the data dir: which tasks
+//! came from which issue, their status comment and the last status reported. Survives restarts.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    pub task_id: String,
+    pub repository: String,
+    pub number: u64,
+    pub agent_type: String,
+    pub installation_id: Option<u64>,
+    pub comment_id: Option<u64>,
+    pub reported: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("GitHub state database: {0}")]
+pub struct StateError(String);
+
+fn err(e: rusqlite::Error) -> StateError {
+    StateError(e.to_string())
+}
+
+pub struct StateDb {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for StateDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateDb")
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tracked (
+    task_id TEXT PRIMARY KEY,
+    repository TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    agent_type TEXT NOT NULL,
+    installation_id INTEGER,
+    comment_id INTEGER,
+    reported TEXT,
+    done INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tracked_issue ON tracked (repository, number, agent_type, done);
+CREATE INDEX IF NOT EXISTS tracked_open ON tracked (done);
+CREATE TABLE IF NOT EXISTS deferred (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    repository TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    agent_type TEXT NOT NULL,
+    installation_id INTEGER,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    payload TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deferred_issue ON deferred (repository, number, agent_type, id);
+";
+
+/// A trigger waiting for the issue's running task of its agent type to finish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deferred {
+    pub id: i64,
+    pub repository: String,
+    pub number: u64,
+    pub agent_type: String,
+    pub installation_id: Option<u64>,
+    pub idempotency_key: String,
+    pub payload: String,
+    pub priority: i64,
+}
+
+impl StateDb {
+    pub fn open(path: &Path) -> Result<StateDb, StateError> {
+        let conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            .map_err(err)?;
+        Self::init(conn)
+    }
+
+    pub fn open_in_memory() -> Result<StateDb, StateError> {
+        Self::init(Connection::open_in_memory().map_err(err)?)
+    }
+
+    fn init(conn: Connection) -> Result<StateDb, StateError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(StateDb {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StateError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| StateError("lock poisoned".into()))?;
+        f(&conn).map_err(err)
+    }
+
+    /// Records a task the GitHub side created (a second insert of the same task is a no-op).
+    pub fn insert(&self, t: &Tracked) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO tracked (task_id, repository, number, agent_type, installation_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![t.task_id, t.repository, t.number as i64, t.agent_type,
+                        t.installation_id.map(|i| i as i64), crate::task::now_ms()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Tasks of one issue and agent type not yet reported as finished.
+    pub fn open_for(
+        &self,
+        repository: &str,
+        number: u64,
+        agent_type: &str,
+    ) -> Result<Vec<String>, StateError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT task_id FROM tracked WHERE repository = ?1 AND number = ?2 AND agent_type = ?3 AND done = 0",
+            )?;
+            let rows = st.query_map(params![repository, number as i64, agent_type], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+        })
+    }
+
+    /// Every task still followed by the progress reporter.
+    pub fn open_tasks(&self) -> Result<Vec<Tracked>, StateError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT task_id, repository, number, agent_type, installation_id, comment_id, reported
+                 FROM tracked WHERE done = 0 ORDER BY created_at LIMIT 1000",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(Tracked {
+                    task_id: r.get(0)?,
+                    repository: r.get(1)?,
+                    number: r.get::<_, i64>(2)? as u64,
+                    agent_type: r.get(3)?,
+                    installation_id: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
+                    comment_id: r.get::<_, Option<i64>>(5)?.map(|i| i as u64),
+                    reported: r.get(6)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<Tracked>>>()
+        })
+    }
+
+    /// Queues a trigger behind the running task; false when the same trigger already waits.
+    pub fn defer(&self, d: &Deferred) -> Result<bool, StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO deferred (repository, number, agent_type, installation_id, idempotency_key, payload, priority, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![d.repository, d.number as i64, d.agent_type, d.installation_id.map(|i| i as i64),
+                        d.idempotency_key, d.payload, d.priority, crate::task::now_ms()],
+            )
+            .map(|n| n == 1)
+        })
+    }
+
+    /// The oldest trigger waiting on (issue, agent type), left in place until [`Self::forget_deferred`].
+    pub fn next_deferred(
+        &self,
+        repository: &str,
+        number: u64,
+        agent_type: &str,
+    ) -> Result<Option<Deferred>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, repository, number, agent_type, installation_id, idempotency_key, payload, priority
+                 FROM deferred WHERE repository = ?1 AND number = ?2 AND agent_type = ?3 ORDER BY id LIMIT 1",
+                params![repository, number as i64, agent_type],
+                |r| {
+                    Ok(Deferred {
+                        id: r.get(0)?,
+                        repository: r.get(1)?,
+                        number: r.get::<_, i64>(2)? as u64,
+                        agent_type: r.get(3)?,
+                        installation_id: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
+                        idempotency_key: r.get(5)?,
+                        payload: r.get(6)?,
+                        priority: r.get(7)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    pub fn forget_deferred(&self, id: i64) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute("DELETE FROM deferred WHERE id = ?1", params![id])
+                .map(|_| ())
+        })
+    }
+
+    /// Drops every trigger waiting on (issue, agent type) (the trigger label was removed).
+    pub fn drop_deferred(
+        &self,
+        repository: &str,
+        number: u64,
+        agent_type: &str,
+    ) -> Result<usize, StateError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM deferred WHERE repository = ?1 AND number = ?2 AND agent_type = ?3",
+                params![repository, number as i64, agent_type],
+            )
+        })
+    }
+
+    pub fn comment_id(&self, task_id: &str) -> Result<Option<u64>, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT comment_id FROM tracked WHERE task_id = ?1",
+                params![task_id],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()
+            .map(|v| v.flatten().map(|i| i as u64))
+        })
+    }
+
+    pub fn set_comment(&self, task_id: &str, comment_id: u64) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE tracked SET comment_id = ?2 WHERE task_id = ?1",
+                params![task_id, comment_id as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn set_reported(&self, task_id: &str, status: &str, done: bool) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE tracked SET reported = ?2, done = ?3 WHERE task_id = ?1",
+                params![task_id, status, done as i64],
+            )
+            .map(|_| ())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("github.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            db.insert(&Tracked {
+                task_id: "t1".into(),
+                repository: "o/r".into(),
+                number: 3,
+                agent_type: "coder".into(),
+                installation_id: Some(9),
+                comment_id: None,
+                reported: None,
+            })
+            .unwrap();
+            db.set_comment("t1", 55).unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.comment_id("t1").unwrap(), Some(55));
+        assert_eq!(db.open_for("o/r", 3, "coder").unwrap(), vec!["t1"]);
+        db.set_reported("t1", "succeeded", true).unwrap();
+        assert!(db.open_tasks().unwrap().is_empty());
+    }
+}

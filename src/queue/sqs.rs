@@ -1,0 +1,638 @@
+//! [`SqsQueue`]: the cluster's [`TaskQueue`] on Amazon SQS (feature `aws`).
+//!
+//! Owns the SQS side of the cluster deployment: one standard queue per agent type
+//! (`<cluster_name>-<type>-tasks`, URLs resolved once by name with GetQueueUrl, or given), the
+//! dead-letter queue poison messages are moved to, and the queue half of `serve --bootstrap`
+//! ([`bootstrap_queues`]).
+//!
+//! # Mapping of the trait
+//!
+//! - `send`: SendMessage with the body `{"task_id": "<id>"}`, the priority as the `priority`
+//!   message attribute (Number) and the delay as `DelaySeconds` (whole seconds, rounded up).
+//!   SQS delays at most 900 s: a longer delay is capped, the message arrives early and the
+//!   scheduler, which checks the task's `not_before`, nacks it for the rest of the wait.
+//! - `receive`: ReceiveMessage, at most 10 a call (looped for more) with a short
+//!   `WaitTimeSeconds` ([`SqsOptions::wait_time`], 0 by default, at most 20) because the
+//!   scheduler calls it from its loop; the explicit value overrides the queue's 20 s default.
+//!   The visibility timeout is rounded up to whole seconds. `receive_count` is
+//!   `ApproximateReceiveCount`.
+//! - `ack`: DeleteMessage ([`SqsQueue::ack_batch`] uses DeleteMessageBatch); `nack`:
+//!   ChangeMessageVisibility. An unknown, malformed or expired receipt is not an error (the
+//!   message is simply delivered again: at-least-once).
+//! - `depth`: `ApproximateNumberOfMessages`, `…NotVisible`, `…Delayed`.
+//!
+//! # Differences from the embedded queue
+//!
+//! SQS standard queues have no priorities and no strict order: receive returns messages in
+//! roughly the order they were sent, whatever their priority (the conformance suite runs with
+//! `strict_order: false`). Sending a task id that is already waiting adds a second message
+//! (`dedup_waiting_sends: false`); consumers already treat duplicates as harmless. Times are
+//! whole seconds.
+//!
+//! # Poison messages
+//!
+//! A message whose body is not a task reference is copied to the dead-letter queue (with the
+//! reason and the source queue as message attributes), deleted from the task queue and logged;
+//! the receive goes on with the other messages. If the copy fails the message stays where it is
+//! and SQS's redrive policy moves it after `maxReceiveCount` receives.
+//!
+//! Every SDK error that survives the SDK's retries is [`QueueError::Unavailable`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_sqs::error::ProvideErrorMetadata;
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName,
+};
+use aws_sdk_sqs::Client;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::aws::{describe, queue_settings, AwsNames};
+use crate::queue::{Depth, Message, QueueError, TaskQueue};
+
+/// Most messages one ReceiveMessage returns.
+pub const MAX_RECEIVE_BATCH: usize = 10;
+/// Longest `DelaySeconds` SQS accepts.
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
+/// Longest visibility timeout SQS accepts (12 h).
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+/// Name of the priority message attribute.
+pub const PRIORITY_ATTRIBUTE: &str = "priority";
+
+/// Tunables of [`SqsQueue`].
+#[derive(Debug, Clone)]
+pub struct SqsOptions {
+    /// `WaitTimeSeconds` of each receive (whole seconds, at most 20). Short, because the
+    /// scheduler's loop waits on it; 0 makes every receive a short poll.
+    pub wait_time: Duration,
+}
+
+impl Default for SqsOptions {
+    fn default() -> Self {
+        SqsOptions {
+            wait_time: Duration::ZERO,
+        }
+    }
+}
+
+/// The body of a task message.
+#[derive(Debug, Serialize, Deserialize)]
+struct Body {
+    task_id: String,
+}
+
+/// Task queues on SQS, one per agent type. Cheap to clone: clones share the URL cache.
+#[derive(Clone)]
+pub struct SqsQueue {
+    client: Client,
+    /// Agent type → queue name.
+    names: BTreeMap<String, String>,
+    dlq_name: String,
+    /// Queue name → URL, filled once per queue.
+    urls: Arc<Mutex<HashMap<String, String>>>,
+    options: SqsOptions,
+}
+
+impl std::fmt::Debug for SqsQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsQueue")
+            .field("queues", &self.names)
+            .field("dlq", &self.dlq_name)
+            .finish()
+    }
+}
+
+fn unavailable(message: impl Into<String>) -> QueueError {
+    QueueError::Unavailable {
+        message: message.into(),
+    }
+}
+
+/// Whole seconds, rounded up, within `0..=max`.
+fn whole_seconds(d: Duration, max: Duration) -> i32 {
+    let d = d.min(max);
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i32::try_from(secs).unwrap_or(i32::MAX)
+}
+
+/// A task id as the coordinator makes them (UUIDs) or tests do: short, printable, no spaces.
+fn valid_task_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 256
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+/// Why a message body is not a task reference, or the task id it names.
+fn parse_body(body: Option<&str>) -> Result<String, String> {
+    let body = body.ok_or("message has no body")?;
+    let parsed: Body =
+        serde_json::from_str(body).map_err(|e| format!("body is not a task reference: {e}"))?;
+    if valid_task_id(&parsed.task_id) {
+        Ok(parsed.task_id)
+    } else {
+        Err(format!("invalid task id {:?}", parsed.task_id))
+    }
+}
+
+/// The receipt was not issued, is malformed, or no longer valid: SQS's error codes for it.
+fn is_receipt_error(code: Option<&str>) -> bool {
+    code.is_some_and(|c| {
+        c.contains("ReceiptHandleIsInvalid")
+            || c.contains("InvalidReceiptHandle")
+            || c.contains("MessageNotInflight")
+            || c.contains("InvalidParameterValue")
+            || c.contains("InvalidIdFormat")
+    })
+}
+
+fn is_missing_queue(code: Option<&str>) -> bool {
+    code.is_some_and(|c| c.contains("NonExistentQueue") || c.contains("QueueDoesNotExist"))
+}
+
+impl SqsQueue {
+    /// A queue over the module's names; URLs are resolved on first use.
+    pub fn new(config: &SdkConfig, names: &AwsNames, options: SqsOptions) -> SqsQueue {
+        SqsQueue::with_client(Client::new(config), names, options)
+    }
+
+    pub fn with_client(client: Client, names: &AwsNames, options: SqsOptions) -> SqsQueue {
+        SqsQueue {
+            client,
+            names: names.task_queues.clone(),
+            dlq_name: names.dlq.clone(),
+            urls: Arc::new(Mutex::new(HashMap::new())),
+            options,
+        }
+    }
+
+    /// Uses `url` for a queue name instead of resolving it (explicit configuration).
+    pub fn set_queue_url(&self, queue_name: &str, url: &str) {
+        if let Ok(mut urls) = self.urls.lock() {
+            urls.insert(queue_name.to_owned(), url.to_owned());
+        }
+    }
+
+    /// Resolves every task queue and the DLQ now, so a missing queue is reported at start.
+    pub async fn resolve_all(&self) -> Result<(), QueueError> {
+        let names: Vec<String> = self
+            .names
+            .values()
+            .cloned()
+            .chain([self.dlq_name.clone()])
+            .collect();
+        for name in names {
+            self.url_of(&name).await?;
+        }
+        Ok(())
+    }
+
+    async fn url_of(&self, queue_name: &str) -> Result<String, QueueError> {
+        if let Some(url) = self
+            .urls
+            .lock()
+            .ok()
+            .and_then(|urls| urls.get(queue_name).cloned())
+        {
+            return Ok(url);
+        }
+        let out = self
+            .client
+            .get_queue_url()
+            .queue_name(queue_name)
+            .send()
+            .await
+            .map_err(|e| {
+                if is_missing_queue(e.code()) {
+                    unavailable(format!(
+                        "SQS queue `{queue_name}` does not exist (apply the Terraform module or run `serve --bootstrap`)"
+                    ))
+                } else {
+                    unavailable(format!("GetQueueUrl {queue_name}: {}", describe(&e)))
+                }
+            })?;
+        let url = out
+            .queue_url()
+            .ok_or_else(|| unavailable(format!("GetQueueUrl {queue_name}: no URL in the answer")))?
+            .to_owned();
+        if let Ok(mut urls) = self.urls.lock() {
+            urls.insert(queue_name.to_owned(), url.clone());
+        }
+        Ok(url)
+    }
+
+    async fn queue_url(&self, agent_type: &str) -> Result<String, QueueError> {
+        let name = self
+            .names
+            .get(agent_type)
+            .ok_or_else(|| QueueError::UnknownQueue {
+                agent_type: agent_type.to_owned(),
+            })?
+            .clone();
+        self.url_of(&name).await
+    }
+
+    /// Moves a poison message to the DLQ: copy, then delete. Never fails the caller.
+    async fn dead_letter(
+        &self,
+        agent_type: &str,
+        url: &str,
+        message: &aws_sdk_sqs::types::Message,
+        reason: &str,
+    ) {
+        let message_id = message.message_id().unwrap_or("?");
+        warn!(%agent_type, message_id, reason, dlq = %self.dlq_name, "moving a message that is not a task reference to the dead-letter queue");
+        let copied = async {
+            let dlq = self.url_of(&self.dlq_name).await?;
+            let attr = |value: &str| {
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build()
+                    .map_err(|e| unavailable(e.to_string()))
+            };
+            self.client
+                .send_message()
+                .queue_url(dlq)
+                .message_body(message.body().unwrap_or("").to_owned())
+                .message_attributes("reason", attr(reason)?)
+                .message_attributes("agent_type", attr(agent_type)?)
+                .message_attributes("source_queue", attr(url)?)
+                .send()
+                .await
+                .map_err(|e| unavailable(format!("SendMessage to the DLQ: {}", describe(&e))))?;
+            Ok::<(), QueueError>(())
+        }
+        .await;
+        if let Err(e) = copied {
+            warn!(%agent_type, message_id, error = %e, "could not copy the message to the dead-letter queue; leaving it for SQS's redrive policy");
+            return;
+        }
+        if let Some(receipt) = message.receipt_handle() {
+            if let Err(e) = self.delete(url, receipt).await {
+                warn!(%agent_type, message_id, error = %e, "copied to the dead-letter queue but could not delete the original");
+            }
+        }
+    }
+
+    async fn delete(&self, url: &str, receipt: &str) -> Result<(), QueueError> {
+        if receipt.is_empty() {
+            return Ok(());
+        }
+        match self
+            .client
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_receipt_error(e.code()) => {
+                debug!(code = ?e.code(), "ack of an unknown or expired receipt: nothing to delete");
+                Ok(())
+            }
+            Err(e) => Err(unavailable(format!("DeleteMessage: {}", describe(&e)))),
+        }
+    }
+
+    /// Deletes several received messages with DeleteMessageBatch (10 a call). Receipts SQS
+    /// refuses as invalid count as deleted, like [`TaskQueue::ack`].
+    pub async fn ack_batch(&self, agent_type: &str, receipts: &[String]) -> Result<(), QueueError> {
+        let url = self.queue_url(agent_type).await?;
+        let receipts: Vec<&String> = receipts.iter().filter(|r| !r.is_empty()).collect();
+        for chunk in receipts.chunks(MAX_RECEIVE_BATCH) {
+            let mut request = self.client.delete_message_batch().queue_url(&url);
+            for (i, receipt) in chunk.iter().enumerate() {
+                let entry = DeleteMessageBatchRequestEntry::builder()
+                    .id(format!("m{i}"))
+                    .receipt_handle(receipt.as_str())
+                    .build()
+                    .map_err(|e| unavailable(e.to_string()))?;
+                request = request.entries(entry);
+            }
+            let out = request
+                .send()
+                .await
+                .map_err(|e| unavailable(format!("DeleteMessageBatch: {}", describe(&e))))?;
+            for failed in out.failed() {
+                if failed.sender_fault() && is_receipt_error(Some(failed.code())) {
+                    continue;
+                }
+                return Err(unavailable(format!(
+                    "DeleteMessageBatch entry {}: {} {}",
+                    failed.id(),
+                    failed.code(),
+                    failed.message().unwrap_or("")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TaskQueue for SqsQueue {
+    async fn send(
+        &self,
+        agent_type: &str,
+        task_id: &str,
+        priority: i64,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let url = self.queue_url(agent_type).await?;
+        if delay > MAX_DELAY {
+            debug!(%agent_type, %task_id, delay_ms = delay.as_millis() as u64, "delay longer than SQS's 900 s: capped (the scheduler re-checks not_before)");
+        }
+        let body = serde_json::to_string(&Body {
+            task_id: task_id.to_owned(),
+        })
+        .map_err(|e| unavailable(e.to_string()))?;
+        let priority_value = MessageAttributeValue::builder()
+            .data_type("Number")
+            .string_value(priority.to_string())
+            .build()
+            .map_err(|e| unavailable(e.to_string()))?;
+        self.client
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .delay_seconds(whole_seconds(delay, MAX_DELAY))
+            .message_attributes(PRIORITY_ATTRIBUTE, priority_value)
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("SendMessage: {}", describe(&e))))?;
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        agent_type: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
+        let url = self.queue_url(agent_type).await?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let visibility = whole_seconds(visibility, MAX_VISIBILITY);
+        let mut wait = whole_seconds(
+            self.options.wait_time,
+            Duration::from_secs(u64::from(queue_settings::RECEIVE_WAIT_TIME_SECONDS)),
+        );
+        let mut out = Vec::new();
+        while out.len() < max {
+            let asked = (max - out.len()).min(MAX_RECEIVE_BATCH);
+            let answer = self
+                .client
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(asked as i32)
+                .wait_time_seconds(wait)
+                .visibility_timeout(visibility)
+                .message_attribute_names(PRIORITY_ATTRIBUTE)
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .send()
+                .await;
+            let answer = match answer {
+                Ok(a) => a,
+                // Messages received by earlier calls are already hidden: hand them out rather
+                // than leaving them invisible for the whole visibility timeout.
+                Err(e) if !out.is_empty() => {
+                    warn!(%agent_type, error = %describe(&e), "ReceiveMessage failed after a partial receive");
+                    break;
+                }
+                Err(e) => return Err(unavailable(format!("ReceiveMessage: {}", describe(&e)))),
+            };
+            // Later calls in this loop only top up: never wait again.
+            wait = 0;
+            let messages = answer.messages();
+            for m in messages {
+                let task_id = match parse_body(m.body()) {
+                    Ok(id) => id,
+                    Err(reason) => {
+                        self.dead_letter(agent_type, &url, m, &reason).await;
+                        continue;
+                    }
+                };
+                let Some(receipt) = m.receipt_handle() else {
+                    warn!(%agent_type, %task_id, "received a message without a receipt handle; skipping it");
+                    continue;
+                };
+                let priority = m
+                    .message_attributes()
+                    .and_then(|a| a.get(PRIORITY_ATTRIBUTE))
+                    .and_then(|v| v.string_value())
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0);
+                let receive_count = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(1);
+                out.push(Message {
+                    task_id,
+                    receipt: receipt.to_owned(),
+                    priority,
+                    receive_count,
+                });
+            }
+            if messages.len() < asked {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, agent_type: &str, receipt: &str) -> Result<(), QueueError> {
+        let url = self.queue_url(agent_type).await?;
+        self.delete(&url, receipt).await
+    }
+
+    async fn nack(
+        &self,
+        agent_type: &str,
+        receipt: &str,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let url = self.queue_url(agent_type).await?;
+        if receipt.is_empty() {
+            return Ok(());
+        }
+        match self
+            .client
+            .change_message_visibility()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .visibility_timeout(whole_seconds(delay, MAX_VISIBILITY))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_receipt_error(e.code()) => {
+                debug!(code = ?e.code(), "nack of an unknown or expired receipt: nothing to change");
+                Ok(())
+            }
+            Err(e) => Err(unavailable(format!(
+                "ChangeMessageVisibility: {}",
+                describe(&e)
+            ))),
+        }
+    }
+
+    async fn depth(&self, agent_type: &str) -> Result<Depth, QueueError> {
+        let url = self.queue_url(agent_type).await?;
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("GetQueueAttributes: {}", describe(&e))))?;
+        let get = |name: QueueAttributeName| -> u64 {
+            out.attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Depth {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
+    }
+}
+
+/// URL of `name`, or `None` when the queue does not exist.
+async fn existing_queue(client: &Client, name: &str) -> Result<Option<String>, String> {
+    match client.get_queue_url().queue_name(name).send().await {
+        Ok(out) => Ok(out.queue_url().map(str::to_owned)),
+        Err(e) if is_missing_queue(e.code()) => Ok(None),
+        Err(e) => Err(format!("GetQueueUrl {name}: {}", describe(&e))),
+    }
+}
+
+async fn create_queue(
+    client: &Client,
+    name: &str,
+    attributes: &[(QueueAttributeName, String)],
+) -> Result<String, String> {
+    if let Some(url) = existing_queue(client, name).await? {
+        debug!(queue = %name, "bootstrap: queue exists");
+        return Ok(url);
+    }
+    let mut request = client.create_queue().queue_name(name);
+    for (key, value) in attributes {
+        request = request.attributes(key.clone(), value.clone());
+    }
+    let out = request
+        .send()
+        .await
+        .map_err(|e| format!("CreateQueue {name}: {}", describe(&e)))?;
+    tracing::info!(queue = %name, "bootstrap: created queue");
+    out.queue_url()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("CreateQueue {name}: no URL in the answer"))
+}
+
+/// `serve --bootstrap`, queue half: the DLQ, every task queue (redriving to the DLQ after
+/// `maxReceiveCount` receives) and the result queue, with the module's settings.
+pub async fn bootstrap_queues(client: &Client, names: &AwsNames) -> Result<(), String> {
+    use queue_settings::*;
+    let dlq_url = create_queue(
+        client,
+        &names.dlq,
+        &[
+            (
+                QueueAttributeName::MessageRetentionPeriod,
+                DLQ_MESSAGE_RETENTION_SECONDS.to_string(),
+            ),
+            (QueueAttributeName::SqsManagedSseEnabled, "true".into()),
+        ],
+    )
+    .await?;
+    let arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| format!("GetQueueAttributes {}: {}", names.dlq, describe(&e)))?
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .ok_or_else(|| format!("no ARN for the dead-letter queue {}", names.dlq))?;
+    let common = |redrive: bool| {
+        let mut attributes = vec![
+            (
+                QueueAttributeName::VisibilityTimeout,
+                VISIBILITY_TIMEOUT_SECONDS.to_string(),
+            ),
+            (
+                QueueAttributeName::ReceiveMessageWaitTimeSeconds,
+                RECEIVE_WAIT_TIME_SECONDS.to_string(),
+            ),
+            (
+                QueueAttributeName::MessageRetentionPeriod,
+                MESSAGE_RETENTION_SECONDS.to_string(),
+            ),
+            (QueueAttributeName::SqsManagedSseEnabled, "true".into()),
+        ];
+        if redrive {
+            attributes.push((
+                QueueAttributeName::RedrivePolicy,
+                serde_json::json!({
+                    "deadLetterTargetArn": arn,
+                    "maxReceiveCount": MAX_RECEIVE_COUNT,
+                })
+                .to_string(),
+            ));
+        }
+        attributes
+    };
+    for name in names.task_queues.values() {
+        create_queue(client, name, &common(true)).await?;
+    }
+    create_queue(client, &names.results, &common(false)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_round_up_and_cap() {
+        assert_eq!(whole_seconds(Duration::ZERO, MAX_DELAY), 0);
+        assert_eq!(whole_seconds(Duration::from_millis(50), MAX_DELAY), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(3), MAX_DELAY), 3);
+        assert_eq!(whole_seconds(Duration::from_secs(5000), MAX_DELAY), 900);
+    }
+
+    #[test]
+    fn bodies_are_checked() {
+        assert_eq!(
+            parse_body(Some(r#"{"task_id":"0190-ab"}"#)),
+            Ok("0190-ab".to_owned())
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("hello"),
+            Some(r#"{"task_id":""}"#),
+            Some(r#"{"task_id":"a b"}"#),
+            Some(r#"{"id":"x"}"#),
+        ] {
+            assert!(parse_body(bad).is_err(), "{bad:?}");
+        }
+    }
+}

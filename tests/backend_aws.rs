@@ -1,0 +1,722 @@
+//! The AWS backends against moto server (feature `aws`): the shared conformance suites for
+//! [`SqsQueue`] and [`DynamoStore`], poison messages going to the dead-letter queue, and an
+//! outage (a proxy in front of moto stops answering) that delays work and loses nothing.
+//!
+//! Needs `AO_TEST_MOTO_URL` (tests/run.sh starts moto and sets it); without it every test
+//! prints why it skips and passes. Each test works in its own queues and table.
+#![cfg(feature = "aws")]
+
+mod common;
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_orchestrator::aws::{sdk_config, AwsNames, AwsSettings};
+use agent_orchestrator::queue::sqs::{bootstrap_queues, SqsOptions, SqsQueue};
+use agent_orchestrator::queue::{QueueError, TaskQueue};
+use agent_orchestrator::store::conformance::{self, sample_task, SuiteOptions};
+use agent_orchestrator::store::dynamodb::{bootstrap_table, DynamoStore};
+use agent_orchestrator::store::{Created, StoreError, TaskStore};
+use aws_config::SdkConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+async fn within<F: Future>(fut: F) -> F::Output {
+    tokio::time::timeout(TEST_TIMEOUT, fut)
+        .await
+        .expect("test timed out")
+}
+
+/// moto's endpoint, or `None` (with a message) when the tests should skip.
+fn moto(test: &str) -> Option<String> {
+    match std::env::var("AO_TEST_MOTO_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipping {test}: AO_TEST_MOTO_URL is not set (tests/run.sh starts moto server and sets it)");
+            None
+        }
+    }
+}
+
+async fn config_for(endpoint: &str) -> SdkConfig {
+    sdk_config(&AwsSettings {
+        endpoint_url: Some(endpoint.to_owned()),
+        region: Some("us-east-1".into()),
+        static_credentials: Some(("test".into(), "test".into())),
+    })
+    .await
+}
+
+fn unique(prefix: &str) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}", &random[..8])
+}
+
+async fn sqs_for(config: &SdkConfig, agent_types: &[String]) -> (SqsQueue, AwsNames) {
+    let names = AwsNames::for_cluster(&unique("q"), agent_types.iter().map(String::as_str));
+    bootstrap_queues(&aws_sdk_sqs::Client::new(config), &names)
+        .await
+        .expect("create queues");
+    (SqsQueue::new(config, &names, SqsOptions::default()), names)
+}
+
+async fn dynamo_for(config: &SdkConfig) -> DynamoStore {
+    let table = format!("{}-agent-tasks", unique("s"));
+    bootstrap_table(&aws_sdk_dynamodb::Client::new(config), &table)
+        .await
+        .expect("create table");
+    DynamoStore::new(config, &table)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqs_queue_conformance() {
+    let Some(url) = moto("sqs_queue_conformance") else {
+        return;
+    };
+    let options = SuiteOptions {
+        tick: Duration::from_secs(1),
+        strict_order: false,
+        dedup_waiting_sends: false,
+        ..SuiteOptions::default()
+    };
+    let config = config_for(&url).await;
+    let (queue, _) = sqs_for(&config, &conformance::queue_agent_types(&options)).await;
+    within(conformance::run_queue_suite_with(
+        || queue.clone(),
+        &options,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_store_conformance() {
+    let Some(url) = moto("dynamodb_store_conformance") else {
+        return;
+    };
+    let config = config_for(&url).await;
+    let store = dynamo_for(&config).await;
+    within(conformance::run_store_suite(|| store.clone())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_receive_loops_past_ten_and_unknown_types_are_refused() {
+    let Some(url) = moto("sqs_receive_loops_past_ten") else {
+        return;
+    };
+    let config = config_for(&url).await;
+    let (queue, _) = sqs_for(&config, &["many".to_owned()]).await;
+    within(async {
+        for i in 0..25 {
+            queue
+                .send("many", &format!("task-{i}"), i, Duration::ZERO)
+                .await
+                .expect("send");
+        }
+        let got = queue
+            .receive("many", 25, Duration::from_secs(60))
+            .await
+            .expect("receive");
+        assert_eq!(got.len(), 25, "receive loops over SQS's 10 per call");
+        let receipts: Vec<String> = got.iter().map(|m| m.receipt.clone()).collect();
+        queue.ack_batch("many", &receipts).await.expect("ack batch");
+        let depth = queue.depth("many").await.expect("depth");
+        assert_eq!((depth.visible, depth.in_flight), (0, 0), "{depth:?}");
+        assert!(matches!(
+            queue.send("nope", "x", 0, Duration::ZERO).await,
+            Err(QueueError::UnknownQueue { .. })
+        ));
+    })
+    .await;
+}
+
+/// A `tracing` writer into a shared buffer, to assert on log lines.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn a_message_that_is_not_a_task_goes_to_the_dlq_and_nothing_else_is_affected() {
+    let Some(url) = moto("dlq") else {
+        return;
+    };
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let config = config_for(&url).await;
+    let (queue, names) = sqs_for(&config, &["coder".to_owned()]).await;
+    let client = aws_sdk_sqs::Client::new(&config);
+    let url_of = |name: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .expect("queue url")
+                .queue_url()
+                .expect("url")
+                .to_owned()
+        }
+    };
+    let task_queue = url_of(names.task_queues["coder"].clone()).await;
+    let dlq = url_of(names.dlq.clone()).await;
+    within(async {
+        queue
+            .send("coder", "good-1", 0, Duration::ZERO)
+            .await
+            .expect("send");
+        for bad in ["not json at all", r#"{"task_id": "has spaces"}"#] {
+            client
+                .send_message()
+                .queue_url(&task_queue)
+                .message_body(bad)
+                .send()
+                .await
+                .expect("send poison");
+        }
+        queue
+            .send("coder", "good-2", 0, Duration::ZERO)
+            .await
+            .expect("send");
+
+        let got = queue
+            .receive("coder", 10, Duration::from_secs(60))
+            .await
+            .expect("receive with poison");
+        let mut ids: Vec<String> = got.iter().map(|m| m.task_id.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, vec!["good-1", "good-2"], "good messages are delivered");
+        for m in &got {
+            queue.ack("coder", &m.receipt).await.expect("ack");
+        }
+        let depth = queue.depth("coder").await.expect("depth");
+        assert_eq!(
+            (depth.visible, depth.in_flight, depth.delayed),
+            (0, 0, 0),
+            "poison messages left the task queue: {depth:?}"
+        );
+
+        let dead = client
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("receive DLQ");
+        let mut bodies: Vec<String> = dead
+            .messages()
+            .iter()
+            .map(|m| m.body().unwrap_or("").to_owned())
+            .collect();
+        bodies.sort();
+        assert_eq!(
+            bodies,
+            vec!["not json at all", r#"{"task_id": "has spaces"}"#],
+            "both poison messages are in the DLQ, bodies intact"
+        );
+        for m in dead.messages() {
+            let reason = m
+                .message_attributes()
+                .and_then(|a| a.get("reason"))
+                .and_then(|v| v.string_value())
+                .unwrap_or("");
+            assert!(!reason.is_empty(), "the DLQ copy carries its reason");
+        }
+    })
+    .await;
+    let text = logs.text();
+    assert!(
+        text.matches("dead-letter queue").count() >= 2,
+        "each move is logged with its reason: {text}"
+    );
+    assert!(text.contains("not a task reference"), "{text}");
+}
+
+/// A TCP proxy on a fixed loopback port that can stop answering (refusing connections and
+/// cutting open ones) and come back on the same port.
+struct Proxy {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        Proxy {
+            addr,
+            upstream,
+            task: Some(tokio::spawn(Self::serve(listener, upstream))),
+        }
+    }
+
+    async fn serve(listener: TcpListener, upstream: SocketAddr) {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            connections.spawn(async move {
+                if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+            while connections.try_join_next().is_some() {}
+        }
+    }
+
+    /// Closes the listener and every open connection (dropping the task drops the JoinSet).
+    async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.expect("rebind proxy");
+        self.task = Some(tokio::spawn(Self::serve(listener, self.upstream)));
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn socket_of(url: &str) -> SocketAddr {
+    let host_port = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    host_port.parse().expect("moto URL is http://IP:PORT")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_returns_unavailable_and_loses_nothing() {
+    let Some(url) = moto("outage") else {
+        return;
+    };
+    let direct = config_for(&url).await;
+    let store_direct = dynamo_for(&direct).await;
+    let (_, names) = sqs_for(&direct, &["coder".to_owned()]).await;
+    let mut proxy = Proxy::start(socket_of(&url)).await;
+    let through = config_for(&proxy.url()).await;
+    let store = DynamoStore::new(&through, store_direct.table());
+    let queue = SqsQueue::new(&through, &names, SqsOptions::default());
+
+    within(async {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let task = sample_task("coder", None);
+            assert!(matches!(store.create(&task).await, Ok(Created::New(_))));
+            queue
+                .send("coder", &task.id, 0, Duration::ZERO)
+                .await
+                .expect("send before the outage");
+            ids.push(task.id);
+        }
+
+        proxy.stop().await;
+        let began = Instant::now();
+        let lost = sample_task("coder", None);
+        match store.create(&lost).await {
+            Err(StoreError::Unavailable { message }) => {
+                eprintln!("create during outage: {message}")
+            }
+            other => panic!("create during the outage: expected Unavailable, got {other:?}"),
+        }
+        assert!(matches!(
+            store.get(&ids[0]).await,
+            Err(StoreError::Unavailable { .. })
+        ));
+        assert!(matches!(
+            queue.send("coder", &lost.id, 0, Duration::ZERO).await,
+            Err(QueueError::Unavailable { .. })
+        ));
+        assert!(matches!(
+            queue.receive("coder", 10, Duration::from_secs(60)).await,
+            Err(QueueError::Unavailable { .. })
+        ));
+        assert!(matches!(
+            queue.depth("coder").await,
+            Err(QueueError::Unavailable { .. })
+        ));
+        eprintln!(
+            "five failing calls during the outage took {:?}",
+            began.elapsed()
+        );
+
+        // A caller that retries on Unavailable (as the scheduler does) gets through once the
+        // service is back.
+        let retrying = {
+            let store = store.clone();
+            let queue = queue.clone();
+            let task = lost.clone();
+            tokio::spawn(async move {
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match store.create(&task).await {
+                        Ok(_) => break,
+                        Err(StoreError::Unavailable { .. }) => {
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
+                        Err(e) => panic!("create: {e}"),
+                    }
+                }
+                loop {
+                    match queue.send("coder", &task.id, 0, Duration::ZERO).await {
+                        Ok(()) => break,
+                        Err(QueueError::Unavailable { .. }) => {
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
+                        Err(e) => panic!("send: {e}"),
+                    }
+                }
+                tries
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.restart().await;
+        let tries = retrying.await.expect("retrying task");
+        eprintln!("the retrying create needed {tries} tries");
+        ids.push(lost.id.clone());
+
+        for id in &ids {
+            assert!(
+                store.get(id).await.expect("get after outage").is_some(),
+                "task {id} survived"
+            );
+        }
+        let mut got: Vec<String> = queue
+            .receive("coder", 20, Duration::from_secs(60))
+            .await
+            .expect("receive after outage")
+            .into_iter()
+            .map(|m| m.task_id)
+            .collect();
+        got.sort();
+        got.dedup();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(got, want, "every message is still there");
+    })
+    .await;
+    proxy.stop().await;
+}
+
+/// A coordinator binary on SQS + DynamoDB (moto), with `env` on top of ours.
+struct AwsCoordinator {
+    child: std::process::Child,
+    base: String,
+    log: std::path::PathBuf,
+}
+
+impl AwsCoordinator {
+    fn start(dir: &std::path::Path, moto: &str, inputs: &std::path::Path) -> AwsCoordinator {
+        let api = common::free_port();
+        let metrics = common::free_port();
+        let log = dir.join("serve.log");
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = std::process::Command::new(common::BIN)
+            .args([
+                "serve",
+                "--queue",
+                "sqs",
+                "--store",
+                "dynamodb",
+                "--bootstrap",
+            ])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{api}"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics}"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--inputs")
+            .arg(inputs)
+            .env("AWS_ENDPOINT_URL", moto)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn serve");
+        let mut c = AwsCoordinator {
+            child,
+            base: format!("http://127.0.0.1:{api}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                panic!("serve exited early with {status}: {}", c.log_text());
+            }
+            if common::blocking_client()
+                .get(format!("{}/health", c.base))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve not healthy: {}",
+                c.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn status_of(&self, id: &str) -> String {
+        common::blocking_client()
+            .get(format!("{}/tasks/{id}", self.base))
+            .send()
+            .and_then(|r| r.json::<serde_json::Value>())
+            .map(|v| v["status"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for AwsCoordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Time-weighted fraction of [`from`, last start] (every task submitted, backlog not empty)
+/// during which fewer than `limit` agents ran. Times are `date +%s%N` nanoseconds.
+/// Also returns the time-weighted mean number running over the same window.
+fn fraction_below(events: &[common::Event], limit: usize, from: u128) -> (f64, f64) {
+    let mut points: Vec<(u128, i32)> = events
+        .iter()
+        .map(|e| (e.at, if e.start { 1 } else { -1 }))
+        .collect();
+    points.sort();
+    let Some(last_start) = events.iter().filter(|e| e.start).map(|e| e.at).max() else {
+        return (0.0, 0.0);
+    };
+    if last_start <= from {
+        return (0.0, limit as f64);
+    }
+    let (mut running, mut below, mut prev, mut area) = (0i64, 0u128, from, 0u128);
+    for (at, delta) in points {
+        if at > last_start {
+            break;
+        }
+        if at > from {
+            if running < limit as i64 {
+                below += at - prev;
+            }
+            area += (at - prev) * running.max(0) as u128;
+            prev = at;
+        }
+        running += i64::from(delta);
+    }
+    let span = (last_start - from) as f64;
+    (below as f64 / span, area as f64 / span)
+}
+
+fn wall_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+#[test]
+fn three_hundred_tasks_through_sqs_and_dynamodb_never_exceed_ten_and_run_once() {
+    let Some(url) = moto("e2e") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events_log = dir.path().join("events.log");
+    // `AO_TEST_E2E_AGENT_SLEEP=1` makes each agent run a second (instead of `true`), to see how
+    // well the loop keeps all ten slots busy when agents are slower than dispatching.
+    let body = match std::env::var("AO_TEST_E2E_AGENT_SLEEP") {
+        Ok(secs) if secs.parse::<f64>().is_ok() => format!("sleep {secs}"),
+        _ => "true".to_owned(),
+    };
+    let script = common::logging_script(&events_log, &body);
+    let inputs = dir.path().join("inputs.json");
+    let inputs_json = serde_json::json!({
+        "cluster_name": unique("e"),
+        "task_queue_size": 100000,
+        "agent_types": {"worker": {"image": "local", "cpu_limit": 100, "memory_limit": "64MB",
+            "max_instances": 10, "command": "sh", "args": ["-c", script]}},
+    });
+    std::fs::write(&inputs, inputs_json.to_string()).expect("write inputs");
+    let coordinator = AwsCoordinator::start(dir.path(), &url, &inputs);
+
+    let began = Instant::now();
+    let client = common::blocking_client();
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        let response = client
+            .post(format!("{}/tasks", coordinator.base))
+            .json(&serde_json::json!({"agent_type": "worker", "payload": {"n": i}}))
+            .send()
+            .expect("submit");
+        assert_eq!(
+            response.status().as_u16(),
+            201,
+            "{}",
+            coordinator.log_text()
+        );
+        let body: serde_json::Value = response.json().expect("json");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    let submitted = began.elapsed();
+    let submitted_at = wall_nanos();
+    let deadline = Instant::now() + Duration::from_secs(400);
+    for id in &ids {
+        loop {
+            let status = coordinator.status_of(id);
+            if ["succeeded", "failed", "cancelled", "timed_out"].contains(&status.as_str()) {
+                assert_eq!(status, "succeeded", "task {id}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} still {status}: {}",
+                coordinator.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let finished = began.elapsed();
+    let events = common::read_events(&events_log);
+    let mut starts: std::collections::HashMap<&str, usize> = Default::default();
+    for e in events.iter().filter(|e| e.start) {
+        *starts.entry(e.task_id.as_str()).or_default() += 1;
+    }
+    assert_eq!(starts.len(), 300, "every task ran");
+    assert!(starts.values().all(|&n| n == 1), "no task ran twice");
+    let max = common::max_concurrency(&events, "worker");
+    assert!(max <= 10, "max_instances exceeded: {max} at once");
+    let (below, mean) = fraction_below(&events, 10, submitted_at);
+    eprintln!(
+        "sqs+dynamodb on moto, agent `{body}`: 300 tasks submitted in {submitted:?}, all succeeded after {finished:?}; \
+         at most {max} running; from the last submit to the last start (backlog waiting) below 10 running {:.1}% of the time, {mean:.1} running on average",
+        100.0 * below
+    );
+}
+
+#[tokio::test]
+async fn terminal_tasks_get_a_ttl_and_an_expired_tasks_key_is_free_again() {
+    let Some(url) = moto("ttl") else {
+        return;
+    };
+    let config = config_for(&url).await;
+    let store = dynamo_for(&config).await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    within(async {
+        let task = sample_task("coder", Some("delivery-7"));
+        assert!(matches!(store.create(&task).await, Ok(Created::New(_))));
+        let raw = |id: String| {
+            let client = client.clone();
+            let table = store.table().to_owned();
+            async move {
+                client
+                    .get_item()
+                    .table_name(table)
+                    .key("id", aws_sdk_dynamodb::types::AttributeValue::S(id))
+                    .send()
+                    .await
+                    .expect("get raw item")
+                    .item()
+                    .cloned()
+            }
+        };
+        let item = raw(task.id.clone()).await.expect("stored");
+        assert!(
+            !item.contains_key("expires_at"),
+            "a live task never expires"
+        );
+        let mut t = task.clone();
+        for status in [
+            agent_orchestrator::task::Status::Dispatched,
+            agent_orchestrator::task::Status::Running,
+            agent_orchestrator::task::Status::Succeeded,
+        ] {
+            t = store
+                .update(&conformance::moved(&t, status), t.version)
+                .await
+                .expect("update");
+        }
+        let item = raw(task.id.clone()).await.expect("stored");
+        let expires: i64 = match item.get("expires_at") {
+            Some(aws_sdk_dynamodb::types::AttributeValue::N(n)) => n.parse().expect("number"),
+            other => panic!("terminal task without expires_at: {other:?}"),
+        };
+        let want = t.finished_at.expect("finished") / 1000 + 30 * 24 * 3600;
+        assert!(
+            (expires - want).abs() <= 1,
+            "expires_at {expires}, want {want}"
+        );
+
+        // DynamoDB's TTL deletes the task item; its key record stays behind.
+        client
+            .delete_item()
+            .table_name(store.table())
+            .key(
+                "id",
+                aws_sdk_dynamodb::types::AttributeValue::S(task.id.clone()),
+            )
+            .send()
+            .await
+            .expect("delete item");
+        let again = sample_task("coder", Some("delivery-7"));
+        match store.create(&again).await {
+            Ok(Created::New(t)) => assert_eq!(t.id, again.id),
+            other => panic!("key of an expired task: expected New, got {other:?}"),
+        }
+        match store
+            .create(&sample_task("coder", Some("delivery-7")))
+            .await
+        {
+            Ok(Created::Existing(t)) => assert_eq!(t.id, again.id),
+            other => panic!("expected Existing, got {other:?}"),
+        }
+    })
+    .await;
+}
