@@ -61,4 +61,4 @@ echo "moto server on $AO_TEST_MOTO_URL (log: target/moto.log)"
 
 echo "== tests"
 # Two test threads: the end-to-end tests start real coordinators and subprocesses.
-cargo test --locked --features aws -- --test-threads 2
+cargo test --locked --features aws --no-fail-fast -- --test-threads 2
