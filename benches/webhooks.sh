@@ -20,10 +20,10 @@
 # delivery id is new and every delivery takes the full path (verify, route, enqueue).
 
 #
-# Seen here (2 cores, 2026-11-23, back to back with octokit/bench.sh at ~8,800/s, p50 3.2 ms,
-# p99 11.5 ms, which verifies only and stores nothing): UNIQUE=1 MODE=enqueue ~2,140/s, p50
-# 13.7 ms, p99 40 ms (every delivery a durable task); UNIQUE=1 MODE=debounce ~3,100/s; exact
-# post.lua MODE=enqueue ~4,630/s (half of them LRU-answered redeliveries).
+# Seen here (2 cores, 2026-11-23, shared machine; quote ratios): run 1 (load ~3): octokit
+# 8,792/s (p50 3.2 ms, p99 11.5 ms; verifies only, stores nothing) vs UNIQUE=1 MODE=enqueue
+# 2,144/s (p50 13.7 ms, p99 39.8 ms; every delivery a durable task); run 2 (load ~8): octokit
+# 6,909/s vs enqueue 1,483/s, defer 2,185/s, debounce 3,229/s.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -33,7 +33,8 @@ mode=${MODE:-enqueue}
 [ -f "$body" ] || { echo "no payload at $body (../shared/fixtures missing)"; exit 2; }
 [ -f "$peer/post.lua" ] || { echo "no $peer/post.lua"; exit 2; }
 command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
-(cd "$root" && cargo build --release --quiet --bin agent-orchestrator)
+# NO_BUILD=1 uses target/release/agent-orchestrator as it is.
+[ -n "${NO_BUILD:-}" ] || (cd "$root" && cargo build --release --quiet --bin agent-orchestrator)
 bin=$root/target/release/agent-orchestrator
 
 work=$(mktemp -d)
