@@ -167,8 +167,12 @@ impl AgentLoop {
                 to_observe.insert(task.id.clone());
             }
         }
-        for id in to_observe {
-            if let Err(e) = self.observe(&id).await {
+        // Read every task and its executor state concurrently (the store batches the reads),
+        // then settle them one by one.
+        let ids: Vec<TaskId> = to_observe.into_iter().collect();
+        let looks = join_all(ids.iter().map(|id| look(&self.ctx, id))).await;
+        for (id, looked) in ids.iter().zip(looks) {
+            if let Err(e) = self.settle(id, looked).await {
                 warn!(task_id = %id, agent_type = %self.agent.name, error = %e, "observe failed; will look again");
             }
         }
@@ -220,21 +224,19 @@ impl AgentLoop {
 
     // ---------------------------------------------------------------- observe
 
-    async fn observe(&mut self, id: &str) -> Result<(), StepError> {
-        let Some(task) = self.ctx.store.get(id).await? else {
+    /// Decides what follows from one task's [`look`]: record a start, an end, a retry, or
+    /// enforce its deadline.
+    async fn settle(
+        &mut self,
+        id: &str,
+        looked: Result<Option<(Task, RunState)>, StepError>,
+    ) -> Result<(), StepError> {
+        let Some((task, state)) = looked? else {
+            // Gone, or finished elsewhere (another coordinator, a cancel of a queued task).
             self.forget(id);
             return Ok(());
         };
-        if !task.status.is_active() {
-            // Finished elsewhere (another coordinator, a cancel of a queued task).
-            self.forget(id);
-            return Ok(());
-        }
         self.active.insert(task.id.clone(), task.clone());
-        if task.cancel_requested {
-            self.ctx.executor.stop(&task, StopReason::Cancel).await?;
-        }
-        let state = self.ctx.executor.status(&task).await?;
         let wall = now_ms();
         match state {
             RunState::NotFound if task.cancel_requested => {
@@ -816,4 +818,20 @@ async fn claim(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Observes one task: its stored state and, while it is active, the executor's view of its
+/// attempt (stopping it first when a cancel was asked). `None`: gone or no longer active.
+async fn look(ctx: &Context, id: &str) -> Result<Option<(Task, RunState)>, StepError> {
+    let Some(task) = ctx.store.get(id).await? else {
+        return Ok(None);
+    };
+    if !task.status.is_active() {
+        return Ok(None);
+    }
+    if task.cancel_requested {
+        ctx.executor.stop(&task, StopReason::Cancel).await?;
+    }
+    let state = ctx.executor.status(&task).await?;
+    Ok(Some((task, state)))
 }
