@@ -49,6 +49,7 @@ fn main() {
 struct Server {
     child: Child,
     base: String,
+    metrics: String,
     _dir: tempfile::TempDir,
 }
 
@@ -98,6 +99,7 @@ async fn start(inputs: &str) -> Server {
     Server {
         child,
         base,
+        metrics: format!("http://127.0.0.1:{metrics}/metrics"),
         _dir: dir,
     }
 }
@@ -150,32 +152,30 @@ async fn submit_all(
     ids
 }
 
-/// Waits until `n` tasks succeeded, by paging the list of succeeded tasks; returns them.
-async fn wait_done(client: &reqwest::Client, base: &str, n: usize) -> Vec<Value> {
+/// Waits until `n` tasks succeeded (the coordinator's own `tasks_total` counter), then reads
+/// them back through the paged list.
+async fn wait_done(client: &reqwest::Client, server: &Server, n: usize) -> Vec<Value> {
     loop {
-        let agents: Value = client
-            .get(format!("{base}/agents"))
+        let text = client
+            .get(&server.metrics)
             .send()
             .await
-            .expect("agents")
-            .json()
+            .expect("metrics")
+            .text()
             .await
-            .expect("json");
-        let busy: u64 = agents["agents"]
-            .as_object()
-            .map(|m| {
-                m.values()
-                    .map(|a| a["queued"].as_u64().unwrap_or(0) + a["running"].as_u64().unwrap_or(0))
-                    .sum()
+            .expect("text");
+        let done: f64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("agent_orchestrator_tasks_total{")
+                    && l.contains("outcome=\"succeeded\"")
             })
-            .unwrap_or(0);
-        if busy == 0 {
-            let tasks = list(client, base, "succeeded").await;
-            if tasks.len() >= n {
-                return tasks;
-            }
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum();
+        if done as usize >= n {
+            return list(client, &server.base, "succeeded").await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -246,7 +246,7 @@ async fn scenario(name: &str, inputs: &str, burst: usize, rate: usize) {
     let began = Instant::now();
     let ids = submit_all(&client, &server.base, agent_type, burst, None).await;
     let submitted = began.elapsed();
-    let tasks = wait_done(&client, &server.base, ids.len()).await;
+    let tasks = wait_done(&client, &server, ids.len()).await;
     let elapsed = began.elapsed();
     let idset: std::collections::HashSet<String> = ids.iter().cloned().collect();
     let lat = latencies(&tasks, &idset);
@@ -262,7 +262,7 @@ async fn scenario(name: &str, inputs: &str, burst: usize, rate: usize) {
 
     let n = rate * 4;
     let ids = submit_all(&client, &server.base, agent_type, n, Some(rate as f64)).await;
-    let tasks = wait_done(&client, &server.base, ids.len() + idset.len()).await;
+    let tasks = wait_done(&client, &server, ids.len() + idset.len()).await;
     let steady: std::collections::HashSet<String> = ids.iter().cloned().collect();
     let lat = latencies(&tasks, &steady);
     println!(

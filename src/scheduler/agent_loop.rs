@@ -209,6 +209,11 @@ impl AgentLoop {
                 next = next.min(Duration::from_millis(due.saturating_sub(wall).max(0) as u64));
             }
         }
+        if self.depth.visible + self.depth.delayed + self.depth.in_flight > 0 {
+            // The published depth says work waits: keep it fresh (and `/agents` and the
+            // queue_depth gauge true) instead of holding a stale count until the next resync.
+            next = next.min(DEPTH_INTERVAL);
+        }
         if let Some(at) = self.breaker.reopens_at() {
             next = next.min(at.saturating_duration_since(now));
         }
