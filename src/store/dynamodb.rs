@@ -57,11 +57,12 @@ use aws_sdk_dynamodb::types::{
     TimeToLiveSpecification, TransactWriteItem,
 };
 use aws_sdk_dynamodb::Client;
-use base64::Engine as _;
 use tracing::{debug, info};
 
 use crate::aws::{describe, table_layout};
-use crate::store::{Created, Page, StoreError, TaskFilter, TaskStore};
+use crate::store::{
+    decode_cursor, encode_cursor, Created, Page, StoreError, TaskFilter, TaskStore,
+};
 use crate::task::{Millis, Status, Task};
 
 /// Largest page `list` returns, whatever the caller asks for.
@@ -69,7 +70,6 @@ pub const MAX_PAGE: usize = 1000;
 /// How long a terminal task stays before DynamoDB's TTL deletes it, by default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-const CURSOR_PREFIX: &str = "d1:";
 const IDEM_PREFIX: &str = "idem#";
 /// Rounds of a create whose transaction collided with another one on the same key.
 const CREATE_ROUNDS: usize = 8;
@@ -125,23 +125,6 @@ fn n(value: impl ToString) -> AttributeValue {
 
 fn idem_id(agent_type: &str, key: &str) -> String {
     format!("{IDEM_PREFIX}{agent_type}#{key}")
-}
-
-fn encode_cursor(last_id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{last_id}"))
-}
-
-fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| StoreError::BadCursor)?;
-    let text = String::from_utf8(bytes).map_err(|_| StoreError::BadCursor)?;
-    match text.strip_prefix(CURSOR_PREFIX) {
-        Some(id) if !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control) => {
-            Ok(id.to_owned())
-        }
-        _ => Err(StoreError::BadCursor),
-    }
 }
 
 fn decode(item: &Item) -> Result<Task, StoreError> {
@@ -691,18 +674,6 @@ pub async fn bootstrap_table(client: &Client, table: &str) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        let id = "0190f0e2-0000-7000-8000-000000000000";
-        assert_eq!(decode_cursor(&encode_cursor(id)).ok(), Some(id.to_owned()));
-        for bad in ["%%%", "\u{0}", "", "dDE6eA"] {
-            assert!(
-                matches!(decode_cursor(bad), Err(StoreError::BadCursor)),
-                "{bad:?}"
-            );
-        }
-    }
 
     #[test]
     fn predecessors_include_self() {

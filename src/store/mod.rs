@@ -26,6 +26,29 @@ pub enum StoreError {
     BadCursor,
 }
 
+/// Page cursors: opaque to clients, "continue after this task id" to every backend.
+const CURSOR_PREFIX: &str = "t1:";
+
+pub(crate) fn encode_cursor(last_id: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{last_id}"))
+}
+
+/// The task id a cursor continues after; anything malformed is [`StoreError::BadCursor`].
+pub(crate) fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::BadCursor)?;
+    let text = String::from_utf8(bytes).map_err(|_| StoreError::BadCursor)?;
+    match text.strip_prefix(CURSOR_PREFIX) {
+        Some(id) if !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control) => {
+            Ok(id.to_owned())
+        }
+        _ => Err(StoreError::BadCursor),
+    }
+}
+
 /// Result of [`TaskStore::create`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Created {
@@ -85,4 +108,31 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Cheap liveness check for `/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let id = crate::task::new_task_id();
+        assert_eq!(decode_cursor(&encode_cursor(&id)).unwrap(), id);
+        let foreign =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, "x1:abc");
+        let empty_id =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, "t1:");
+        for bad in [
+            "",
+            "%%%",
+            "not base64!",
+            foreign.as_str(),
+            empty_id.as_str(),
+        ] {
+            assert!(
+                matches!(decode_cursor(bad), Err(StoreError::BadCursor)),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -57,7 +57,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use rusqlite::types::Value;
 use rusqlite::{
     params, params_from_iter, Connection, ErrorCode, OptionalExtension, Statement,
@@ -66,7 +65,9 @@ use rusqlite::{
 use tokio::sync::oneshot;
 
 use crate::queue::{Depth, Message, QueueError, TaskQueue};
-use crate::store::{Created, Page, StoreError, TaskFilter, TaskStore};
+use crate::store::{
+    decode_cursor, encode_cursor, Created, Page, StoreError, TaskFilter, TaskStore,
+};
 use crate::task::{now_ms, Millis, Status, Task};
 
 /// How long a writer waits for another connection's write lock before giving up.
@@ -77,9 +78,6 @@ pub const MAX_BATCH: usize = 256;
 
 /// Largest page `list` returns, whatever the caller asks for.
 pub const MAX_PAGE: usize = 1000;
-
-/// Cursor prefix: lets the encoding change later without misreading old cursors.
-const CURSOR_PREFIX: &str = "t1:";
 
 /// Schema migrations; `PRAGMA user_version` is the number applied. Append, never edit.
 const MIGRATIONS: &[&str] = &[
@@ -307,23 +305,6 @@ fn decode(body: &str) -> Result<Task, StoreError> {
 
 fn decode_all(bodies: Vec<String>) -> Result<Vec<Task>, StoreError> {
     bodies.iter().map(|b| decode(b)).collect()
-}
-
-fn encode_cursor(last_id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{last_id}"))
-}
-
-fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| StoreError::BadCursor)?;
-    let text = String::from_utf8(bytes).map_err(|_| StoreError::BadCursor)?;
-    match text.strip_prefix(CURSOR_PREFIX) {
-        Some(id) if !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control) => {
-            Ok(id.to_owned())
-        }
-        _ => Err(StoreError::BadCursor),
-    }
 }
 
 /// The stored statuses from which `next` may be written: legal predecessors plus `next` itself.
@@ -892,23 +873,6 @@ impl TaskQueue for SqliteBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_garbage_is_refused() {
-        let id = crate::task::new_task_id();
-        assert_eq!(decode_cursor(&encode_cursor(&id)).unwrap(), id);
-        for bad in [
-            "",
-            "%%%",
-            "not base64!",
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x1:abc"),
-        ] {
-            assert!(
-                matches!(decode_cursor(bad), Err(StoreError::BadCursor)),
-                "{bad:?}"
-            );
-        }
-    }
 
     #[test]
     fn allowed_from_lists_predecessors_and_self() {
