@@ -17,6 +17,7 @@ pub mod queue;
 pub mod render;
 pub mod scheduler;
 pub mod serve;
+pub mod sqlite_worker;
 pub mod store;
 pub mod submit;
 pub mod task;

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
 
 fn run_serve(args: &serve::ServeArgs) -> Result<(), (u8, String)> {
     let settings = serve::ServeSettings::resolve(args).map_err(|e| (2, e.to_string()))?;
-    serve::init_logging(settings.log_format);
+    let _flush_logs_on_exit = serve::init_logging(settings.log_format);
     runtime()?
         .block_on(serve::run(settings))
         .map_err(|e| (e.exit_code(), e.to_string()))

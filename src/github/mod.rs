@@ -168,6 +168,10 @@ impl WebhookConfig {
         );
         let outcome = match decision {
             Decision::Ignore(reason) => Outcome::Ignored(reason),
+            Decision::Missing(reason) => Outcome::Ignored(format!(
+                "{reason}{}",
+                routing::explain_missing(&facts, delivery.body())
+            )),
             Decision::Cancel {
                 repository,
                 number,
@@ -188,10 +192,12 @@ impl WebhookConfig {
         let open = self
             .state
             .open_for(repository, number, agent_type)
+            .await
             .map_err(|e| IntakeError::Invalid(e.to_string()))?;
         let dropped = self
             .state
             .drop_deferred(repository, number, agent_type)
+            .await
             .map_err(|e| IntakeError::Invalid(e.to_string()))?;
         let mut cancelled = Vec::new();
         for id in open {
@@ -228,6 +234,7 @@ impl WebhookConfig {
         let open = if self.rules.one_task_per_issue {
             self.state
                 .open_for(&trigger.repository, trigger.number, &trigger.agent_type)
+                .await
                 .map_err(|e| IntakeError::Invalid(e.to_string()))?
         } else {
             Vec::new()
@@ -278,6 +285,7 @@ impl WebhookConfig {
             let new = self
                 .state
                 .defer(&waiting)
+                .await
                 .map_err(|e| IntakeError::Invalid(e.to_string()))?;
             if !new {
                 if let Ok(mut b) = self.budget.lock() {
@@ -313,6 +321,7 @@ impl WebhookConfig {
                     comment_id: None,
                     reported: None,
                 })
+                .await
                 .map_err(|e| IntakeError::Invalid(e.to_string()))?;
             info!(task_id = %task.id, agent_type = %task.agent_type, repository = %trigger.repository, issue = trigger.number, "GitHub trigger enqueued a task");
         }

@@ -98,12 +98,15 @@ pub async fn pass(
     github: &Github,
     tracker: Option<&dyn IssueTracker>,
 ) -> Result<(), String> {
-    let open = github.state.open_tasks().map_err(|e| e.to_string())?;
+    let open = github.state.open_tasks().await.map_err(|e| e.to_string())?;
     for row in open {
         let task = match ctx.store.get(&row.task_id).await {
             Ok(Some(task)) => task,
             Ok(None) => {
-                let _ = github.state.set_reported(&row.task_id, "missing", true);
+                let _ = github
+                    .state
+                    .set_reported(&row.task_id, "missing", true)
+                    .await;
                 continue;
             }
             Err(e) => return Err(e.to_string()),
@@ -113,6 +116,7 @@ pub async fn pass(
             None if task.status.is_terminal() => github
                 .state
                 .set_reported(&task.id, task.status.as_str(), true)
+                .await
                 .map_err(|e| e.to_string()),
             None => Ok(()),
         };
@@ -172,6 +176,7 @@ async fn report(
             github
                 .state
                 .set_comment(&task.id, id)
+                .await
                 .map_err(|e| e.to_string())?;
         }
     }
@@ -200,6 +205,7 @@ async fn report(
     github
         .state
         .set_reported(&task.id, now, done)
+        .await
         .map_err(|e| e.to_string())?;
     info!(task_id = %task.id, agent_type = %task.agent_type, repository = %repo, issue = row.number, status = now, "reported progress on GitHub");
     Ok(())
@@ -210,6 +216,7 @@ async fn start_deferred(ctx: &Context, github: &Github, row: &Tracked) -> Result
     let Some(next) = github
         .state
         .next_deferred(&row.repository, row.number, &row.agent_type)
+        .await
         .map_err(|e| e.to_string())?
     else {
         return Ok(());
@@ -237,12 +244,14 @@ async fn start_deferred(ctx: &Context, github: &Github, row: &Tracked) -> Result
                 comment_id: None,
                 reported: None,
             })
+            .await
             .map_err(|e| e.to_string())?;
         info!(task_id = %task.id, agent_type = %task.agent_type, repository = %next.repository, issue = next.number, "started the GitHub trigger that waited");
     }
     github
         .state
         .forget_deferred(next.id)
+        .await
         .map_err(|e| e.to_string())
 }
 
@@ -295,6 +304,7 @@ async fn nudge_parent(
                 comment_id: None,
                 reported: None,
             })
+            .await
             .map_err(|e| e.to_string())?;
         info!(task_id = %created.id, agent_type = %created.agent_type, parent, sub_issue = row.number, "nudged the parent issue");
     }

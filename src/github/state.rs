@@ -1,10 +1,15 @@
 //! The GitHub side's own small record, in its own SQLite file under the data dir: which tasks
 //! came from which issue, their status comment and the last status reported. Survives restarts.
+//!
+//! The connection lives on a [`Worker`] thread (`ao-github-db`): webhook deliveries write here on
+//! their request path, so concurrent writes share one group commit and no runtime thread waits
+//! on SQLite's file locks.
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::sqlite_worker::{Db, Failed, Worker};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tracked {
@@ -25,8 +30,14 @@ fn err(e: rusqlite::Error) -> StateError {
     StateError(e.to_string())
 }
 
+impl From<Failed> for StateError {
+    fn from(failed: Failed) -> StateError {
+        StateError(failed.0)
+    }
+}
+
 pub struct StateDb {
-    conn: Mutex<Connection>,
+    worker: Worker,
 }
 
 impl std::fmt::Debug for StateDb {
@@ -93,163 +104,196 @@ impl StateDb {
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(StateDb {
-            conn: Mutex::new(conn),
+            worker: Worker::start("ao-github-db", conn)?,
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StateError> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| StateError("lock poisoned".into()))?;
-        f(&conn).map_err(err)
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db<'_>) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StateError> {
+        self.worker.call(move |db| f(db).map_err(err)).await
     }
 
     /// Records a task the GitHub side created (a second insert of the same task is a no-op).
-    pub fn insert(&self, t: &Tracked) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute(
+    pub async fn insert(&self, t: &Tracked) -> Result<(), StateError> {
+        let t = t.clone();
+        let now = crate::task::now_ms();
+        self.with(move |db| {
+            db.with(
                 "INSERT OR IGNORE INTO tracked (task_id, repository, number, agent_type, installation_id, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![t.task_id, t.repository, t.number as i64, t.agent_type,
-                        t.installation_id.map(|i| i as i64), crate::task::now_ms()],
+                |st| {
+                    st.execute(params![t.task_id, t.repository, t.number as i64, t.agent_type,
+                        t.installation_id.map(|i| i as i64), now])
+                },
             )
             .map(|_| ())
         })
+        .await
     }
 
     /// Tasks of one issue and agent type not yet reported as finished.
-    pub fn open_for(
+    pub async fn open_for(
         &self,
         repository: &str,
         number: u64,
         agent_type: &str,
     ) -> Result<Vec<String>, StateError> {
-        self.with(|c| {
-            let mut st = c.prepare(
+        let (repository, agent_type) = (repository.to_owned(), agent_type.to_owned());
+        self.with(move |db| {
+            db.with(
                 "SELECT task_id FROM tracked WHERE repository = ?1 AND number = ?2 AND agent_type = ?3 AND done = 0",
-            )?;
-            let rows = st.query_map(params![repository, number as i64, agent_type], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<Vec<String>>>()
+                |st| {
+                    st.query_map(params![repository, number as i64, agent_type], |r| r.get(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()
+                },
+            )
         })
+        .await
     }
 
     /// Every task still followed by the progress reporter.
-    pub fn open_tasks(&self) -> Result<Vec<Tracked>, StateError> {
-        self.with(|c| {
-            let mut st = c.prepare(
+    pub async fn open_tasks(&self) -> Result<Vec<Tracked>, StateError> {
+        self.with(|db| {
+            db.with(
                 "SELECT task_id, repository, number, agent_type, installation_id, comment_id, reported
                  FROM tracked WHERE done = 0 ORDER BY created_at LIMIT 1000",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(Tracked {
-                    task_id: r.get(0)?,
-                    repository: r.get(1)?,
-                    number: r.get::<_, i64>(2)? as u64,
-                    agent_type: r.get(3)?,
-                    installation_id: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
-                    comment_id: r.get::<_, Option<i64>>(5)?.map(|i| i as u64),
-                    reported: r.get(6)?,
-                })
-            })?;
-            rows.collect::<rusqlite::Result<Vec<Tracked>>>()
+                |st| {
+                    st.query_map([], |r| {
+                        Ok(Tracked {
+                            task_id: r.get(0)?,
+                            repository: r.get(1)?,
+                            number: r.get::<_, i64>(2)? as u64,
+                            agent_type: r.get(3)?,
+                            installation_id: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
+                            comment_id: r.get::<_, Option<i64>>(5)?.map(|i| i as u64),
+                            reported: r.get(6)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<Tracked>>>()
+                },
+            )
         })
+        .await
     }
 
     /// Queues a trigger behind the running task; false when the same trigger already waits.
-    pub fn defer(&self, d: &Deferred) -> Result<bool, StateError> {
-        self.with(|c| {
-            c.execute(
+    pub async fn defer(&self, d: &Deferred) -> Result<bool, StateError> {
+        let d = d.clone();
+        let now = crate::task::now_ms();
+        self.with(move |db| {
+            db.with(
                 "INSERT OR IGNORE INTO deferred (repository, number, agent_type, installation_id, idempotency_key, payload, priority, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![d.repository, d.number as i64, d.agent_type, d.installation_id.map(|i| i as i64),
-                        d.idempotency_key, d.payload, d.priority, crate::task::now_ms()],
+                |st| {
+                    st.execute(params![d.repository, d.number as i64, d.agent_type,
+                        d.installation_id.map(|i| i as i64), d.idempotency_key, d.payload, d.priority, now])
+                },
             )
             .map(|n| n == 1)
         })
+        .await
     }
 
     /// The oldest trigger waiting on (issue, agent type), left in place until [`Self::forget_deferred`].
-    pub fn next_deferred(
+    pub async fn next_deferred(
         &self,
         repository: &str,
         number: u64,
         agent_type: &str,
     ) -> Result<Option<Deferred>, StateError> {
-        self.with(|c| {
-            c.query_row(
+        let (repository, agent_type) = (repository.to_owned(), agent_type.to_owned());
+        self.with(move |db| {
+            db.with(
                 "SELECT id, repository, number, agent_type, installation_id, idempotency_key, payload, priority
                  FROM deferred WHERE repository = ?1 AND number = ?2 AND agent_type = ?3 ORDER BY id LIMIT 1",
-                params![repository, number as i64, agent_type],
-                |r| {
-                    Ok(Deferred {
-                        id: r.get(0)?,
-                        repository: r.get(1)?,
-                        number: r.get::<_, i64>(2)? as u64,
-                        agent_type: r.get(3)?,
-                        installation_id: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
-                        idempotency_key: r.get(5)?,
-                        payload: r.get(6)?,
-                        priority: r.get(7)?,
+                |st| {
+                    st.query_row(params![repository, number as i64, agent_type], |r| {
+                        Ok(Deferred {
+                            id: r.get(0)?,
+                            repository: r.get(1)?,
+                            number: r.get::<_, i64>(2)? as u64,
+                            agent_type: r.get(3)?,
+                            installation_id: r.get::<_, Option<i64>>(4)?.map(|i| i as u64),
+                            idempotency_key: r.get(5)?,
+                            payload: r.get(6)?,
+                            priority: r.get(7)?,
+                        })
                     })
+                    .optional()
                 },
             )
-            .optional()
         })
+        .await
     }
 
-    pub fn forget_deferred(&self, id: i64) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute("DELETE FROM deferred WHERE id = ?1", params![id])
-                .map(|_| ())
+    pub async fn forget_deferred(&self, id: i64) -> Result<(), StateError> {
+        self.with(move |db| {
+            db.with("DELETE FROM deferred WHERE id = ?1", |st| {
+                st.execute(params![id])
+            })
+            .map(|_| ())
         })
+        .await
     }
 
     /// Drops every trigger waiting on (issue, agent type) (the trigger label was removed).
-    pub fn drop_deferred(
+    pub async fn drop_deferred(
         &self,
         repository: &str,
         number: u64,
         agent_type: &str,
     ) -> Result<usize, StateError> {
-        self.with(|c| {
-            c.execute(
+        let (repository, agent_type) = (repository.to_owned(), agent_type.to_owned());
+        self.with(move |db| {
+            db.with(
                 "DELETE FROM deferred WHERE repository = ?1 AND number = ?2 AND agent_type = ?3",
-                params![repository, number as i64, agent_type],
+                |st| st.execute(params![repository, number as i64, agent_type]),
             )
         })
+        .await
     }
 
-    pub fn comment_id(&self, task_id: &str) -> Result<Option<u64>, StateError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT comment_id FROM tracked WHERE task_id = ?1",
-                params![task_id],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-            .optional()
+    pub async fn comment_id(&self, task_id: &str) -> Result<Option<u64>, StateError> {
+        let task_id = task_id.to_owned();
+        self.with(move |db| {
+            db.with("SELECT comment_id FROM tracked WHERE task_id = ?1", |st| {
+                st.query_row(params![task_id], |r| r.get::<_, Option<i64>>(0))
+                    .optional()
+            })
             .map(|v| v.flatten().map(|i| i as u64))
         })
+        .await
     }
 
-    pub fn set_comment(&self, task_id: &str, comment_id: u64) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute(
+    pub async fn set_comment(&self, task_id: &str, comment_id: u64) -> Result<(), StateError> {
+        let task_id = task_id.to_owned();
+        self.with(move |db| {
+            db.with(
                 "UPDATE tracked SET comment_id = ?2 WHERE task_id = ?1",
-                params![task_id, comment_id as i64],
+                |st| st.execute(params![task_id, comment_id as i64]),
             )
             .map(|_| ())
         })
+        .await
     }
 
-    pub fn set_reported(&self, task_id: &str, status: &str, done: bool) -> Result<(), StateError> {
-        self.with(|c| {
-            c.execute(
+    pub async fn set_reported(
+        &self,
+        task_id: &str,
+        status: &str,
+        done: bool,
+    ) -> Result<(), StateError> {
+        let (task_id, status) = (task_id.to_owned(), status.to_owned());
+        self.with(move |db| {
+            db.with(
                 "UPDATE tracked SET reported = ?2, done = ?3 WHERE task_id = ?1",
-                params![task_id, status, done as i64],
+                |st| st.execute(params![task_id, status, done as i64]),
             )
             .map(|_| ())
         })
+        .await
     }
 }
 
@@ -257,8 +301,8 @@ impl StateDb {
 mod tests {
     use super::*;
 
-    #[test]
-    fn survives_reopen() {
+    #[tokio::test]
+    async fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("github.db");
         {
@@ -272,13 +316,14 @@ mod tests {
                 comment_id: None,
                 reported: None,
             })
+            .await
             .unwrap();
-            db.set_comment("t1", 55).unwrap();
+            db.set_comment("t1", 55).await.unwrap();
         }
         let db = StateDb::open(&path).unwrap();
-        assert_eq!(db.comment_id("t1").unwrap(), Some(55));
-        assert_eq!(db.open_for("o/r", 3, "coder").unwrap(), vec!["t1"]);
-        db.set_reported("t1", "succeeded", true).unwrap();
-        assert!(db.open_tasks().unwrap().is_empty());
+        assert_eq!(db.comment_id("t1").await.unwrap(), Some(55));
+        assert_eq!(db.open_for("o/r", 3, "coder").await.unwrap(), vec!["t1"]);
+        db.set_reported("t1", "succeeded", true).await.unwrap();
+        assert!(db.open_tasks().await.unwrap().is_empty());
     }
 }

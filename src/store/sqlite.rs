@@ -17,15 +17,9 @@
 //!
 //! # Concurrency
 //!
-//! A `rusqlite::Connection` is `Send` but not `Sync`. Each backend moves its connection into
-//! one dedicated thread (`ao-sqlite`); async calls hand it a closure over a channel and await
-//! the answer on a oneshot, so the async runtime never waits on SQLite. The thread owns the
-//! prepared-statement cache, and it *group-commits*: whatever requests queued up while it was
-//! busy (up to [`MAX_BATCH`]) run one after the other inside a single `BEGIN IMMEDIATE`
-//! transaction, and are answered only after `COMMIT` returned. Each request still sees every
-//! earlier one (they run serially), a failing statement only undoes itself, and if the commit
-//! fails every request in the batch gets `Unavailable` — nothing is reported before it is
-//! durable. A lone request runs in autocommit mode.
+//! The connection lives on its own thread (`ao-sqlite`, a [`crate::sqlite_worker::Worker`]),
+//! which group-commits: requests that queued up while it was busy share one transaction and are
+//! answered only after it committed.
 //!
 //! Several backends (processes, or two coordinators in a test) may open the same file:
 //! SQLite's file locks serialise writers, `busy_timeout` makes a writer wait for another
@@ -47,24 +41,19 @@
 //! received again. `ack`/`nack` with an unknown, malformed or superseded receipt do nothing
 //! and succeed (at-least-once: the message will simply be delivered again).
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{
-    params, params_from_iter, Connection, ErrorCode, OptionalExtension, Statement,
-    TransactionBehavior,
+    params, params_from_iter, Connection, ErrorCode, OptionalExtension, TransactionBehavior,
 };
-use tokio::sync::oneshot;
 
 use crate::queue::{Depth, Message, QueueError, TaskQueue};
+use crate::sqlite_worker::{Db, Failed, Worker};
 use crate::store::{
     decode_cursor, encode_cursor, Created, Page, StoreError, TaskFilter, TaskStore,
 };
@@ -72,9 +61,6 @@ use crate::task::{now_ms, Millis, Status, Task};
 
 /// How long a writer waits for another connection's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Most requests the worker runs in one transaction.
-pub const MAX_BATCH: usize = 256;
 
 /// Largest page `list` returns, whatever the caller asks for.
 pub const MAX_PAGE: usize = 1000;
@@ -131,118 +117,8 @@ pub struct SqliteBackend {
 }
 
 struct Inner {
-    /// `None` only while dropping.
-    jobs: Option<mpsc::Sender<Job>>,
-    worker: Option<JoinHandle<()>>,
+    worker: Worker,
     path: Option<PathBuf>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Closing the channel ends the worker once it has drained it; it then closes the file.
-        self.jobs = None;
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
-        }
-    }
-}
-
-/// What the worker thread runs: a request, which hands back how to answer it once the
-/// batch's fate is known (`None`: committed; `Some(err)`: rolled back).
-type Job = Box<dyn FnOnce(&Db<'_>) -> Reply + Send>;
-type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
-
-/// The connection and its prepared statements, alive for the worker thread's lifetime.
-struct Db<'c> {
-    conn: &'c Connection,
-    cache: RefCell<HashMap<String, Option<Statement<'c>>>>,
-}
-
-impl<'c> Db<'c> {
-    /// Runs `f` on the statement for `sql`, prepared once and kept for reuse.
-    fn with<T>(
-        &self,
-        sql: &str,
-        f: impl FnOnce(&mut Statement<'c>) -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<T> {
-        let cached = self.cache.borrow_mut().get_mut(sql).and_then(Option::take);
-        let mut st = match cached {
-            Some(st) => st,
-            None => self.conn.prepare(sql)?,
-        };
-        let out = f(&mut st);
-        let mut cache = self.cache.borrow_mut();
-        match cache.get_mut(sql) {
-            Some(slot) => *slot = Some(st),
-            None => {
-                cache.insert(sql.to_owned(), Some(st));
-            }
-        }
-        out
-    }
-}
-
-fn worker(conn: Connection, jobs: mpsc::Receiver<Job>) {
-    let db = Db {
-        conn: &conn,
-        cache: RefCell::default(),
-    };
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Ok(job) = jobs.recv() {
-        batch.push(job);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        run_batch(&db, &mut batch);
-    }
-}
-
-/// A panicking request loses its answer (its caller sees `Unavailable`), not the worker.
-fn run_job(db: &Db<'_>, job: Job) -> Reply {
-    catch_unwind(AssertUnwindSafe(|| job(db))).unwrap_or_else(|_| Box::new(|_| ()))
-}
-
-fn run_batch(db: &Db<'_>, batch: &mut Vec<Job>) {
-    if batch.len() == 1 {
-        for job in batch.drain(..) {
-            run_job(db, job)(None);
-        }
-        return;
-    }
-    // If even BEGIN fails (another process held the lock past busy_timeout), each request runs
-    // on its own and meets its own fate.
-    let mut in_tx = db.conn.execute_batch("BEGIN IMMEDIATE").is_ok();
-    let mut pending: Vec<Reply> = Vec::with_capacity(batch.len());
-    for job in batch.drain(..) {
-        let reply = run_job(db, job);
-        if !in_tx {
-            reply(None);
-            continue;
-        }
-        pending.push(reply);
-        if db.conn.is_autocommit() {
-            // SQLite rolled the whole transaction back (I/O error, disk full): nothing in it stuck.
-            for reply in pending.drain(..) {
-                reply(Some(unavailable("sqlite rolled back the transaction")));
-            }
-            in_tx = db.conn.execute_batch("BEGIN IMMEDIATE").is_ok();
-        }
-    }
-    if in_tx {
-        match db.conn.execute_batch("COMMIT") {
-            Ok(()) => pending.into_iter().for_each(|reply| reply(None)),
-            Err(e) => {
-                let _ = db.conn.execute_batch("ROLLBACK");
-                let message = format!("sqlite commit failed: {e}");
-                pending
-                    .into_iter()
-                    .for_each(|reply| reply(Some(unavailable(message.clone()))));
-            }
-        }
-    }
 }
 
 impl fmt::Debug for SqliteBackend {
@@ -256,6 +132,12 @@ impl fmt::Debug for SqliteBackend {
 fn unavailable(message: impl Into<String>) -> StoreError {
     StoreError::Unavailable {
         message: message.into(),
+    }
+}
+
+impl From<Failed> for StoreError {
+    fn from(failed: Failed) -> StoreError {
+        unavailable(failed.0)
     }
 }
 
@@ -408,15 +290,9 @@ impl SqliteBackend {
     }
 
     fn start(conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
-        let (jobs, queue) = mpsc::channel();
-        let worker = std::thread::Builder::new()
-            .name("ao-sqlite".into())
-            .spawn(move || worker(conn, queue))
-            .map_err(|e| unavailable(format!("cannot start the sqlite thread: {e}")))?;
         Ok(SqliteBackend {
             inner: Arc::new(Inner {
-                jobs: Some(jobs),
-                worker: Some(worker),
+                worker: Worker::start("ao-sqlite", conn)?,
                 path,
             }),
         })
@@ -430,22 +306,13 @@ impl SqliteBackend {
     /// Runs `PRAGMA integrity_check`; any finding is returned as `Unavailable`. Blocks the
     /// calling thread until the check is done.
     pub fn integrity_check(&self) -> Result<(), StoreError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(
-            |db| {
-                db.with("PRAGMA integrity_check", |st| {
-                    st.query_map([], |r| r.get::<_, String>(0))?
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .map_err(sql_err)
-            },
-            move |result| {
-                let _ = tx.send(result);
-            },
-        )?;
-        let findings = rx
-            .recv()
-            .map_err(|_| unavailable("the sqlite thread dropped the request"))??;
+        let findings = self.inner.worker.call_blocking(|db| {
+            db.with("PRAGMA integrity_check", |st| {
+                st.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sql_err)
+        })?;
         if findings.len() == 1 && findings[0] == "ok" {
             Ok(())
         } else {
@@ -456,36 +323,13 @@ impl SqliteBackend {
         }
     }
 
-    /// Queues `f` for the worker thread; `answer` gets its result once the batch committed.
-    fn submit<T, F, A>(&self, f: F, answer: A) -> Result<(), StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
-        A: FnOnce(Result<T, StoreError>) + Send + 'static,
-    {
-        let job: Job = Box::new(move |db: &Db<'_>| {
-            let result = f(db);
-            Box::new(move |batch: Option<StoreError>| answer(batch.map_or(result, Err))) as Reply
-        });
-        self.inner
-            .jobs
-            .as_ref()
-            .and_then(|jobs| jobs.send(job).ok())
-            .ok_or_else(|| unavailable("the sqlite thread has stopped"))
-    }
-
     /// Runs `f` on the worker thread and awaits its committed result.
     async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        self.submit(f, move |result| {
-            let _ = tx.send(result);
-        })?;
-        rx.await
-            .map_err(|_| unavailable("the sqlite thread dropped the request"))?
+        self.inner.worker.call(f).await
     }
 }
 
@@ -895,18 +739,17 @@ mod tests {
     }
 
     fn pragma(b: &SqliteBackend, name: &'static str) -> String {
-        let (tx, rx) = mpsc::sync_channel(1);
-        b.submit(
-            move |db| {
+        let value = b
+            .inner
+            .worker
+            .call_blocking(move |db| {
                 db.with(&format!("PRAGMA {name}"), |st| {
                     st.query_row([], |r| r.get::<_, Value>(0))
                 })
                 .map_err(sql_err)
-            },
-            move |r| tx.send(r).unwrap(),
-        )
-        .unwrap();
-        match rx.recv().unwrap().unwrap() {
+            })
+            .unwrap();
+        match value {
             Value::Integer(i) => i.to_string(),
             Value::Text(t) => t,
             other => format!("{other:?}"),

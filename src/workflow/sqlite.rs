@@ -2,23 +2,22 @@
 //! mode, so the task database's schema and migrations stay the task store's alone.
 //!
 //! Durability matches the task store (WAL, `synchronous = NORMAL`): a returned write survives
-//! the process being killed. One dedicated thread (`ao-workflows`) owns the connection; async
-//! callers hand it closures over a channel and await the answer, so the runtime never blocks on
-//! SQLite. Each write is one statement whose `WHERE version = ?` is the compare-and-set.
+//! the process being killed. One dedicated thread (`ao-workflows`, a
+//! [`crate::sqlite_worker::Worker`]) owns the connection, so the runtime never blocks on SQLite.
+//! Each write is one statement whose `WHERE version = ?` is the compare-and-set.
 //!
 //! The file belongs to one coordinator: under the cluster backends each coordinator keeps (and
 //! its engine drives) the workflows it accepted. A shared backend (a DynamoDB table) would make
 //! them visible from every instance; it is not built yet.
 
 use std::path::Path;
-use std::sync::{mpsc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::oneshot;
 
 use super::store::{WorkflowStore, WorkflowStoreError};
 use super::Workflow;
+use crate::sqlite_worker::{Failed, Worker};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -39,10 +38,8 @@ CREATE INDEX IF NOT EXISTS workflows_open ON workflows (id) WHERE open = 1;
 /// Largest `list_recent` page.
 pub const MAX_LIST: usize = 1000;
 
-type Job = Box<dyn FnOnce(&Connection) + Send>;
-
 pub struct SqliteWorkflowStore {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    worker: Worker,
 }
 
 impl std::fmt::Debug for SqliteWorkflowStore {
@@ -55,6 +52,12 @@ impl std::fmt::Debug for SqliteWorkflowStore {
 fn unavailable(message: impl Into<String>) -> WorkflowStoreError {
     WorkflowStoreError::Unavailable {
         message: message.into(),
+    }
+}
+
+impl From<Failed> for WorkflowStoreError {
+    fn from(failed: Failed) -> WorkflowStoreError {
+        unavailable(failed.0)
     }
 }
 
@@ -129,18 +132,8 @@ impl SqliteWorkflowStore {
         conn.execute_batch(SCHEMA).map_err(sql_err)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql_err)?;
-        let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("ao-workflows".into())
-            .spawn(move || {
-                // Ends when every sender is gone; the connection closes with it.
-                while let Ok(job) = queue.recv() {
-                    job(&conn);
-                }
-            })
-            .map_err(|e| unavailable(format!("cannot start the workflow store thread: {e}")))?;
         Ok(SqliteWorkflowStore {
-            jobs: Mutex::new(jobs),
+            worker: Worker::start("ao-workflows", conn)?,
         })
     }
 
@@ -149,19 +142,7 @@ impl SqliteWorkflowStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, WorkflowStoreError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
-                .unwrap_or_else(|_| Err(unavailable("the workflow store request panicked")));
-            let _ = tx.send(result);
-        });
-        self.jobs
-            .lock()
-            .map_err(|_| unavailable("the workflow store lock is poisoned"))?
-            .send(job)
-            .map_err(|_| unavailable("the workflow store thread has stopped"))?;
-        rx.await
-            .map_err(|_| unavailable("the workflow store dropped the request"))?
+        self.worker.call(move |db| f(db.conn())).await
     }
 }
 
