@@ -21,6 +21,7 @@ use crate::queue::TaskQueue;
 use crate::scheduler::{self, Context, Settings};
 use crate::store::sqlite::SqliteBackend;
 use crate::store::TaskStore;
+use crate::workflow::store::WorkflowStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExecutorKind {
@@ -417,6 +418,8 @@ struct Backends {
     store: Arc<dyn TaskStore>,
     queue: Arc<dyn TaskQueue>,
     executor: Arc<dyn Executor>,
+    /// Beside the tasks: `workflows.db` in the data dir, or the DynamoDB task table.
+    workflows: Arc<dyn WorkflowStore>,
     /// Keeps the data dir's single-instance lock for the process lifetime.
     _instance_lock: Option<std::fs::File>,
 }
@@ -430,7 +433,7 @@ async fn build_backends(
             "{what} is not available in this build yet; use the embedded default"
         )))
     };
-    let (aws_store, aws_queue) = aws_backends(settings).await?;
+    let (aws_store, aws_queue, aws_workflows) = aws_backends(settings).await?;
     let needs_sqlite = settings.store == StoreKind::Sqlite || settings.queue == QueueKind::Sqlite;
     let mut instance_lock = None;
     let mut sqlite = None;
@@ -448,11 +451,17 @@ async fn build_backends(
                 ServeError::Runtime(format!("{}: {e}", db.display()))
             })?));
     }
-    let store: Arc<dyn TaskStore> = match (settings.store, &sqlite, aws_store) {
-        (StoreKind::Sqlite, Some(backend), _) => backend.clone(),
-        (StoreKind::Dynamodb, _, Some(store)) => store,
-        _ => return Err(unavailable("this --store")),
-    };
+    let (store, workflows): (Arc<dyn TaskStore>, Arc<dyn WorkflowStore>) =
+        match (settings.store, &sqlite, aws_store, aws_workflows) {
+            (StoreKind::Sqlite, Some(backend), _, _) => {
+                let path = settings.data_dir.join("workflows.db");
+                let workflows = crate::workflow::sqlite::SqliteWorkflowStore::open(&path)
+                    .map_err(|e| ServeError::Runtime(format!("{}: {e}", path.display())))?;
+                (backend.clone(), Arc::new(workflows))
+            }
+            (StoreKind::Dynamodb, _, Some(store), Some(workflows)) => (store, workflows),
+            _ => return Err(unavailable("this --store")),
+        };
     let queue: Arc<dyn TaskQueue> = match (settings.queue, &sqlite, aws_queue) {
         (QueueKind::Sqlite, Some(backend), _) => backend.clone(),
         (QueueKind::Sqs, _, Some(queue)) => queue,
@@ -493,9 +502,17 @@ async fn build_backends(
         store,
         queue,
         executor,
+        workflows,
         _instance_lock: instance_lock,
     })
 }
+
+/// The cluster's task store, task queue and workflow store, where the settings name them.
+type AwsParts = (
+    Option<Arc<dyn TaskStore>>,
+    Option<Arc<dyn TaskQueue>>,
+    Option<Arc<dyn WorkflowStore>>,
+);
 
 /// The AWS backends the settings name (`--store dynamodb`, `--queue sqs`), after `--bootstrap`
 /// created whatever was missing. Names follow the inputs' `cluster_name` (DESIGN.md §3); the
@@ -504,9 +521,7 @@ async fn build_backends(
 /// URLs: `AO_TABLE_NAME`, `AO_DLQ_NAME`, `AO_RESULT_QUEUE_NAME`, `AO_SQS_QUEUE_URL_<TYPE>`,
 /// `AO_SQS_DLQ_URL`.
 #[cfg(feature = "aws")]
-async fn aws_backends(
-    settings: &ServeSettings,
-) -> Result<(Option<Arc<dyn TaskStore>>, Option<Arc<dyn TaskQueue>>), ServeError> {
+async fn aws_backends(settings: &ServeSettings) -> Result<AwsParts, ServeError> {
     use crate::aws::{AwsNames, AwsSettings};
     use crate::queue::sqs::{SqsOptions, SqsQueue};
     use crate::store::dynamodb::DynamoStore;
@@ -516,7 +531,7 @@ async fn aws_backends(
         if settings.bootstrap {
             warn!("--bootstrap has nothing to create: the embedded backends need no setup");
         }
-        return Ok((None, None));
+        return Ok((None, None, None));
     }
     let config = crate::aws::sdk_config(&AwsSettings::default()).await;
     let names = AwsNames::from_inputs(&settings.inputs);
@@ -527,6 +542,12 @@ async fn aws_backends(
     }
     let store: Option<Arc<dyn TaskStore>> = wants_store
         .then(|| Arc::new(DynamoStore::new(&config, &names.table)) as Arc<dyn TaskStore>);
+    let workflows: Option<Arc<dyn WorkflowStore>> = wants_store.then(|| {
+        Arc::new(crate::workflow::dynamodb::DynamoWorkflowStore::new(
+            &config,
+            &names.table,
+        )) as Arc<dyn WorkflowStore>
+    });
     let queue = if wants_queue {
         let wait = match std::env::var("AO_SQS_WAIT_SECONDS") {
             Ok(text) => text.trim().parse::<u64>().map_err(|_| {
@@ -553,14 +574,12 @@ async fn aws_backends(
     } else {
         None
     };
-    Ok((store, queue))
+    Ok((store, queue, workflows))
 }
 
 /// Without the `aws` feature the cluster backends are not compiled in.
 #[cfg(not(feature = "aws"))]
-async fn aws_backends(
-    settings: &ServeSettings,
-) -> Result<(Option<Arc<dyn TaskStore>>, Option<Arc<dyn TaskQueue>>), ServeError> {
+async fn aws_backends(settings: &ServeSettings) -> Result<AwsParts, ServeError> {
     let missing = |flag: &str| {
         Err(ServeError::Config(ServeConfigError(format!(
             "{flag} needs the AWS backends, which this binary was built without: rebuild with --features aws (cargo build --features aws)"
@@ -572,7 +591,7 @@ async fn aws_backends(
     if settings.queue == QueueKind::Sqs {
         return missing("--queue sqs");
     }
-    Ok((None, None))
+    Ok((None, None, None))
 }
 
 /// How long `serve` waits for a previous coordinator to release the data dir.
@@ -651,11 +670,8 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
             None => None,
         },
     };
-    // Workflows (issue 8): their own SQLite file in the data dir, and the engine loop below.
-    let workflow_db = settings.data_dir.join("workflows.db");
-    let workflow_store = crate::workflow::sqlite::SqliteWorkflowStore::open(&workflow_db)
-        .map_err(|e| ServeError::Runtime(format!("{}: {e}", workflow_db.display())))?;
-    let workflows = crate::workflow::Workflows::new(Arc::new(workflow_store));
+    // Workflows live beside the tasks (the engine loop is below).
+    let workflows = crate::workflow::Workflows::new(backends.workflows.clone());
     let router = http::app(state)
         .layer(axum::Extension(workflows.clone()))
         .layer(axum::extract::DefaultBodyLimit::max(

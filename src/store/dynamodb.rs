@@ -394,7 +394,8 @@ impl TaskStore for DynamoStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        if id.starts_with(IDEM_PREFIX) {
+        // Key records and workflows share the table; neither is a task.
+        if id.starts_with(IDEM_PREFIX) || id.starts_with(crate::workflow::dynamodb::ID_PREFIX) {
             return Ok(None);
         }
         self.get_item(id).await?.as_ref().map(decode).transpose()

@@ -6,7 +6,8 @@
 //! - [`plan`] validates a submitted workflow (unknown or duplicate ids, unknown agent types,
 //!   cycles — each named) and orders its nodes topologically;
 //! - [`store`] is the [`WorkflowStore`] trait (create, get, compare-and-set update, list),
-//!   [`sqlite`] its embedded backend (`workflows.db` in the data dir, WAL);
+//!   [`sqlite`] its embedded backend (`workflows.db` in the data dir, WAL), `dynamodb` the
+//!   cluster's (items in the task table; feature `aws`), [`conformance`] the suite both pass;
 //! - [`engine`] is the loop that submits ready nodes through [`crate::intake::submit`] with the
 //!   idempotency key `wf:<workflow id>:<node id>`, mirrors task states onto nodes, skips the
 //!   descendants of failures and settles the workflow's status.
@@ -27,6 +28,9 @@
 //! [`crate::intake::cancel`]; the engine keeps mirroring node states until they are final.
 //! `succeeded`, `failed` and `cancelled` are final.
 
+pub mod conformance;
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 pub mod engine;
 pub mod sqlite;
 pub mod store;

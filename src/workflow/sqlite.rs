@@ -6,9 +6,8 @@
 //! [`crate::sqlite_worker::Worker`]) owns the connection, so the runtime never blocks on SQLite.
 //! Each write is one statement whose `WHERE version = ?` is the compare-and-set.
 //!
-//! The file belongs to one coordinator: under the cluster backends each coordinator keeps (and
-//! its engine drives) the workflows it accepted. A shared backend (a DynamoDB table) would make
-//! them visible from every instance; it is not built yet.
+//! The file belongs to one coordinator; with `--store dynamodb` workflows live in the task
+//! table instead (`dynamodb.rs`), visible from every instance.
 
 use std::path::Path;
 
@@ -271,58 +270,18 @@ impl WorkflowStore for SqliteWorkflowStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workflow::{plan, NodeRequest, OnFailure, WorkflowRequest, WorkflowStatus};
-
-    fn workflow() -> Workflow {
-        let request = WorkflowRequest {
-            name: "w".into(),
-            tasks: vec![NodeRequest {
-                id: "a".into(),
-                agent_type: "echo".into(),
-                payload: serde_json::json!({"x": 1}),
-                depends_on: vec![],
-                on_failure: OnFailure::Skip,
-                priority: None,
-                timeout_seconds: None,
-            }],
-        };
-        plan(request, &crate::config::Inputs::embedded_default(), 1).unwrap()
-    }
+    use crate::workflow::conformance;
 
     #[tokio::test]
     async fn create_get_update_cas_and_lists() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteWorkflowStore::open(&dir.path().join("wf.db")).unwrap();
-        let wf = workflow();
-        store.create(&wf).await.unwrap();
-        assert!(matches!(
-            store.create(&wf).await,
-            Err(WorkflowStoreError::Conflict { .. })
-        ));
-        assert_eq!(store.get(&wf.id).await.unwrap(), Some(wf.clone()));
-        assert_eq!(store.list_open().await.unwrap().len(), 1);
-
-        let mut next = wf.clone();
-        next.status = WorkflowStatus::Cancelled;
-        next.nodes[0].state = crate::workflow::NodeState::Cancelled;
-        let stored = store.update(&next, wf.version).await.unwrap();
-        assert_eq!(stored.version, wf.version + 1);
-        // A stale writer loses.
-        assert!(matches!(
-            store.update(&next, wf.version).await,
-            Err(WorkflowStoreError::Conflict { .. })
-        ));
-        assert!(store.list_open().await.unwrap().is_empty());
-        assert_eq!(store.list_recent(10).await.unwrap(), vec![stored.clone()]);
+        conformance::run(&store).await;
+        let wf = store.list_recent(1).await.unwrap().remove(0);
         drop(store);
         // Reopening keeps everything.
         let store = SqliteWorkflowStore::open(&dir.path().join("wf.db")).unwrap();
-        assert_eq!(store.get(&wf.id).await.unwrap(), Some(stored));
-        let mut missing = wf.clone();
-        missing.id = "nope".into();
-        assert!(matches!(
-            store.update(&missing, 1).await,
-            Err(WorkflowStoreError::NotFound { .. })
-        ));
+        assert_eq!(store.get(&wf.id).await.unwrap(), Some(wf));
+        assert_eq!(store.list_recent(10).await.unwrap().len(), 2);
     }
 }
