@@ -2,7 +2,7 @@
 //! mirrors each one on its issue: one status comment per (issue, agent type, task) carrying a
 //! hidden marker, created once and edited in place, plus the `agent:running` / `agent:done` /
 //! `agent:failed` labels. Its record (comment ids, last status reported) lives in
-//! [`StateDb`], so a restart continues where it stopped. When a sub-issue's task finishes, it
+//! [`super::state::StateDb`], so a restart continues where it stopped. When a sub-issue's task finishes, it
 //! enqueues a low-priority "resume parent" task on the parent issue.
 
 use std::sync::Arc;
