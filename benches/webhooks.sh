@@ -20,10 +20,13 @@
 # delivery id is new and every delivery takes the full path (verify, route, enqueue).
 
 #
-# Seen here (2 cores, 2026-11-23, shared machine; quote ratios): run 1 (load ~3): octokit
-# 8,792/s (p50 3.2 ms, p99 11.5 ms; verifies only, stores nothing) vs UNIQUE=1 MODE=enqueue
-# 2,144/s (p50 13.7 ms, p99 39.8 ms; every delivery a durable task); run 2 (load ~8): octokit
-# 6,909/s vs enqueue 1,483/s, defer 2,185/s, debounce 3,229/s.
+# Seen here (2 cores, 2026-11-23, back to back with the peer, 10 s each; quote ratios, the box
+# is shared with wrk): octokit 6,547-8,282/s (p99 11-16 ms, verifies only, stores nothing).
+# Ours: exact post.lua 13,459/s (p99 10.0 ms; half the ids repeat, see above); UNIQUE=1:
+# MODE=enqueue 7,539-8,159/s (p99 13-14.5 ms; every delivery a new task: task row + queue row +
+# github.db row), MODE=defer 11,376/s (p99 8.4 ms), MODE=debounce 17,066/s (p99 5.5 ms).
+# Before this session's work (double payload parse, synchronous github.db, blocking log
+# writes) UNIQUE=1 MODE=enqueue did 2,144/s.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
