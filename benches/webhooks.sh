@@ -61,7 +61,8 @@ port=$(free_port); mport=$(free_port)
 setsid "$bin" serve --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" --data-dir "$work/data" \
   --inputs "$work/inputs.json" --github-webhook-secret-file "$work/secret" --github-config "$work/github.json" \
   2> "$work/serve.log" & pid=$!
-trap 'kill -TERM -- -$pid 2>/dev/null || kill $pid; sleep 0.5; rm -rf "$work"' EXIT
+# Agents outlive the coordinator by design (each runs under its own supervisor session): stop them too.
+trap 'kill -TERM -- -$pid 2>/dev/null || kill $pid; pkill -f "$work/data/runs" 2>/dev/null; sleep 0.5; rm -rf "$work"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 probe=$(curl -s -X POST "http://127.0.0.1:$port/webhooks/github" -H 'Content-Type: application/json' \
   -H 'X-GitHub-Event: issues' -H 'X-GitHub-Delivery: probe' -H "X-Hub-Signature-256: $sig" --data-binary @"$body" \
