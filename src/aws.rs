@@ -177,6 +177,24 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// What a failed DynamoDB call on `table` says, with the fix when the table is missing.
+pub fn dynamodb_failure<E>(what: &str, table: &str, err: &E) -> String
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    if err.code() == Some("ResourceNotFoundException") {
+        return format!(
+            "{what}: DynamoDB table `{table}` does not exist (apply the Terraform module or run `serve --bootstrap`)"
+        );
+    }
+    format!("{what} on {table}: {}", describe(err))
+}
+
+/// Whether a DynamoDB call failed only because its condition expression did not hold.
+pub fn is_condition_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(err: &E) -> bool {
+    err.code() == Some("ConditionalCheckFailedException")
+}
+
 /// Creates the cluster's queues (DLQ first, task queues with a redrive policy to it, result
 /// queue) and the task table with its GSIs and TTL, whichever are missing. Existing ones are
 /// left as they are.

@@ -59,7 +59,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use tracing::{debug, info};
 
-use crate::aws::{describe, table_layout};
+use crate::aws::{describe, dynamodb_failure, is_condition_failed, table_layout};
 use crate::store::{
     decode_cursor, encode_cursor, Created, Page, StoreError, TaskFilter, TaskStore,
 };
@@ -103,16 +103,7 @@ fn sdk_err<E>(what: &str, table: &str, err: &E) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    if err.code() == Some("ResourceNotFoundException") {
-        return unavailable(format!(
-            "{what}: DynamoDB table `{table}` does not exist (apply the Terraform module or run `serve --bootstrap`)"
-        ));
-    }
-    unavailable(format!("{what} on {table}: {}", describe(err)))
-}
-
-fn is_condition_failed<E: ProvideErrorMetadata>(err: &E) -> bool {
-    err.code() == Some("ConditionalCheckFailedException")
+    unavailable(dynamodb_failure(what, table, err))
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {

@@ -33,7 +33,7 @@ use aws_sdk_dynamodb::Client;
 
 use super::store::{WorkflowStore, WorkflowStoreError};
 use super::Workflow;
-use crate::aws::{describe, table_layout};
+use crate::aws::{dynamodb_failure, is_condition_failed, table_layout};
 
 /// The `agent_type` value under which workflows sit in `agent-type-index`.
 pub const PARTITION: &str = "#workflow";
@@ -73,16 +73,7 @@ fn sdk_err<E>(what: &str, table: &str, err: &E) -> WorkflowStoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    if err.code() == Some("ResourceNotFoundException") {
-        return unavailable(format!(
-            "{what}: DynamoDB table `{table}` does not exist (apply the Terraform module or run `serve --bootstrap`)"
-        ));
-    }
-    unavailable(format!("{what} on {table}: {}", describe(err)))
-}
-
-fn is_condition_failed<E: ProvideErrorMetadata>(err: &E) -> bool {
-    err.code() == Some("ConditionalCheckFailedException")
+    unavailable(dynamodb_failure(what, table, err))
 }
 
 fn key(id: &str) -> AttributeValue {
