@@ -324,6 +324,9 @@ fn socket_of(url: &str) -> SocketAddr {
     host_port.parse().expect("moto URL is http://IP:PORT")
 }
 
+/// How long the outage test keeps the services away.
+const OUTAGE: Duration = Duration::from_secs(10);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_outage_returns_unavailable_and_loses_nothing() {
     let Some(url) = moto("outage") else {
@@ -409,8 +412,11 @@ async fn an_outage_returns_unavailable_and_loses_nothing() {
                 tries
             })
         };
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The service stays away for the 10 s the issue asks for, however long the failing
+        // calls above took.
+        tokio::time::sleep_until((began + OUTAGE).into()).await;
         proxy.restart().await;
+        eprintln!("outage lasted {:?}", began.elapsed());
         let tries = retrying.await.expect("retrying task");
         eprintln!("the retrying create needed {tries} tries");
         ids.push(lost.id.clone());
