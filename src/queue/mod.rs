@@ -68,7 +68,16 @@ pub trait TaskQueue: Send + Sync + 'static {
     /// Deletes a received message.
     async fn ack(&self, agent_type: &str, receipt: &str) -> Result<(), QueueError>;
 
-    /// Returns a received message to the queue, visible again after `delay`.
+    /// Deletes several received messages (SQS: DeleteMessageBatch, 10 a call); receipts are
+    /// treated as by [`TaskQueue::ack`].
+    async fn ack_many(&self, agent_type: &str, receipts: &[String]) -> Result<(), QueueError> {
+        let results = futures::future::join_all(receipts.iter().map(|r| self.ack(agent_type, r)));
+        results.await.into_iter().collect()
+    }
+
+    /// Returns a received message to the queue, visible again after `delay`. The receipt stays
+    /// valid: nacking with the visibility timeout as `delay` extends the time the message stays
+    /// hidden, and a later ack still deletes it.
     async fn nack(
         &self,
         agent_type: &str,

@@ -16,8 +16,8 @@
 //!   scheduler calls it from its loop; the explicit value overrides the queue's 20 s default.
 //!   The visibility timeout is rounded up to whole seconds. `receive_count` is
 //!   `ApproximateReceiveCount`.
-//! - `ack`: DeleteMessage ([`SqsQueue::ack_batch`] uses DeleteMessageBatch); `nack`:
-//!   ChangeMessageVisibility. An unknown, malformed or expired receipt is not an error (the
+//! - `ack`: DeleteMessage; `ack_many`: DeleteMessageBatch ([`SqsQueue::ack_batch`]); `nack`:
+//!   ChangeMessageVisibility (which also extends the visibility of a message being held). An unknown, malformed or expired receipt is not an error (the
 //!   message is simply delivered again: at-least-once).
 //! - `depth`: `ApproximateNumberOfMessages`, `…NotVisible`, `…Delayed`.
 //!
@@ -454,6 +454,10 @@ impl TaskQueue for SqsQueue {
     async fn ack(&self, agent_type: &str, receipt: &str) -> Result<(), QueueError> {
         let url = self.queue_url(agent_type).await?;
         self.delete(&url, receipt).await
+    }
+
+    async fn ack_many(&self, agent_type: &str, receipts: &[String]) -> Result<(), QueueError> {
+        self.ack_batch(agent_type, receipts).await
     }
 
     async fn nack(

@@ -2,9 +2,15 @@
 //!
 //! Each loop observes (its ledger of dispatched/running tasks from the store, the executor's
 //! view of them, queue depth), decides (free slots = `max_instances` − active, within the
-//! circuit breaker) and acts (receive that many messages in priority order, claim each attempt
-//! with a compare-and-set, dispatch, record the handle, delete the message), then returns when
-//! to look again. It wakes at once on new work ([`Context::wake`]) and on executor changes.
+//! circuit breaker) and acts (receive messages in priority order, claim each attempt with a
+//! compare-and-set, dispatch, record the handle, delete the message), then returns when to
+//! look again. It wakes at once on new work ([`Context::wake`]) and on executor changes.
+//!
+//! A freed slot is refilled as soon as the executor reports the attempt ended: the loop holds
+//! tasks read ahead (received and read, up to [`Settings::read_ahead`]), so a refill costs one
+//! compare-and-set and the dispatch, and everything else (recording outcomes and handles,
+//! deleting messages in batches, reading ahead, measuring the depth) runs as jobs the loop
+//! does not wait for (see `agent_loop.rs`).
 
 mod agent_loop;
 pub mod breaker;
@@ -41,6 +47,10 @@ pub struct Settings {
     pub timeout_grace: Duration,
     /// A dispatched attempt that has not started after this is requeued (never placed).
     pub pending_limit: Duration,
+    /// Most tasks a loop holds read ahead (received and read, not yet claimed) while work
+    /// waits, so a freed slot costs one compare-and-set; at most `max_instances` of the type.
+    /// They may run after a higher-priority task that arrives later; 0 turns read-ahead off.
+    pub read_ahead: usize,
 }
 
 impl Default for Settings {
@@ -55,6 +65,7 @@ impl Default for Settings {
             breaker_cooldown: Duration::from_secs(30),
             timeout_grace: Duration::from_secs(2),
             pending_limit: Duration::from_secs(300),
+            read_ahead: 10,
         }
     }
 }

@@ -77,6 +77,7 @@ pub const QUEUE_CHECKS: &[&str] = &[
     "isolation",
     "dedup",
     "receipts",
+    "extend",
 ];
 
 /// Every agent type the queue suite sends to, for backends that must create queues first.
@@ -137,6 +138,7 @@ pub async fn run_queue_suite_with<Q: TaskQueue>(make: impl Fn() -> Q, o: &SuiteO
         guarded("duplicate_send", check_duplicate_send(&make(), o)).await;
     }
     guarded("unknown_receipts", check_unknown_receipts(&make(), o)).await;
+    guarded("extend_and_ack_many", check_extend_and_ack_many(&make(), o)).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1082,4 +1084,45 @@ pub async fn check_unknown_receipts<Q: TaskQueue>(q: &Q, o: &SuiteOptions) {
         },
         "bogus receipts touch nothing"
     );
+}
+
+/// A nack with a delay extends a received message's visibility and keeps its receipt valid
+/// (the scheduler holds messages read ahead this way); `ack_many` deletes several at once.
+pub async fn check_extend_and_ack_many<Q: TaskQueue>(q: &Q, o: &SuiteOptions) {
+    let t = o.agent_type("extend");
+    let sent: Vec<String> = (0..3).map(id).collect();
+    for x in &sent {
+        send(q, &t, x, 0, Duration::ZERO).await;
+    }
+    let got = receive(q, &t, 3, o.tick * 2).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    let held = got[0].clone();
+    q.nack(&t, &held.receipt, long(o))
+        .await
+        .expect("nack to extend");
+    // The other two come back after their visibility timeout; the extended one does not.
+    let mut again = Vec::new();
+    let deadline = tokio::time::Instant::now() + o.tick * 15;
+    while again.len() < 2 && tokio::time::Instant::now() < deadline {
+        again.extend(receive(q, &t, 3, long(o)).await);
+        tokio::time::sleep(o.tick / 4).await;
+    }
+    let mut back = task_ids(&again);
+    back.sort();
+    let mut others: Vec<String> = got[1..].iter().map(|m| m.task_id.clone()).collect();
+    others.sort();
+    assert_eq!(
+        back, others,
+        "only the messages not extended are redelivered"
+    );
+    let mut receipts = vec![held.receipt.clone()];
+    receipts.extend(again.iter().map(|m| m.receipt.clone()));
+    q.ack_many(&t, &receipts).await.expect("ack_many");
+    assert_eq!(
+        depth(q, &t).await,
+        Depth::default(),
+        "ack_many deletes them all, the extended one by its first receipt"
+    );
+    q.ack_many(&t, &receipts).await.expect("ack_many again");
+    q.ack_many(&t, &[]).await.expect("ack_many of nothing");
 }
