@@ -21,6 +21,7 @@ use agent_orchestrator::store::conformance::{self, sample_task, SuiteOptions};
 use agent_orchestrator::store::dynamodb::{bootstrap_table, DynamoStore};
 use agent_orchestrator::store::{Created, StoreError, TaskStore};
 use aws_config::SdkConfig;
+use common::moto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -30,17 +31,6 @@ async fn within<F: Future>(fut: F) -> F::Output {
     tokio::time::timeout(TEST_TIMEOUT, fut)
         .await
         .expect("test timed out")
-}
-
-/// moto's endpoint, or `None` (with a message) when the tests should skip.
-fn moto(test: &str) -> Option<String> {
-    match std::env::var("AO_TEST_MOTO_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipping {test}: AO_TEST_MOTO_URL is not set (tests/run.sh starts moto server and sets it)");
-            None
-        }
-    }
 }
 
 async fn config_for(endpoint: &str) -> SdkConfig {

@@ -15,18 +15,8 @@ use agent_orchestrator::store::{TaskFilter, TaskStore};
 use agent_orchestrator::workflow::conformance;
 use agent_orchestrator::workflow::dynamodb::DynamoWorkflowStore;
 use agent_orchestrator::workflow::store::WorkflowStore;
-use common::Coordinator;
+use common::{moto, Coordinator};
 use serde_json::json;
-
-fn moto(test: &str) -> Option<String> {
-    match std::env::var("AO_TEST_MOTO_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipping {test}: AO_TEST_MOTO_URL is not set (tests/run.sh starts moto server and sets it)");
-            None
-        }
-    }
-}
 
 fn unique(prefix: &str) -> String {
     let random = uuid::Uuid::new_v4().simple().to_string();

@@ -10,6 +10,17 @@ use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agent-orchestrator");
 
+/// moto server's endpoint, or `None` (with a message) when a test should skip.
+pub fn moto(test: &str) -> Option<String> {
+    match std::env::var("AO_TEST_MOTO_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipping {test}: AO_TEST_MOTO_URL is not set (tests/run.sh starts moto server and sets it)");
+            None
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
