@@ -148,7 +148,8 @@ pub async fn cancel(ctx: &Context, id: &str) -> Result<Task, IntakeError> {
                 if stored.status == Status::Cancelled {
                     crate::metrics::task_finished(&stored.agent_type, Status::Cancelled.as_str());
                 }
-                ctx.wake(&stored.agent_type);
+                // The loop holds its own copy of an active task: have it read this one again.
+                ctx.reread(&stored.agent_type, &stored.id);
                 return Ok(stored);
             }
             // The scheduler moved it meanwhile: read again and decide again.

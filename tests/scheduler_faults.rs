@@ -135,3 +135,65 @@ async fn an_executor_outage_opens_the_circuit_delays_but_loses_nothing() {
         .expect("drains")
         .unwrap();
 }
+
+/// The loop keeps its own copy of running tasks and re-reads them from the store only every
+/// `resync_interval`; a cancel through the API must not wait for that (here: a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_a_running_task_without_waiting_for_the_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = config::decode(
+        r#"{"cluster_name": "t", "agent_types": {"slow": {"image": "local", "cpu_limit": 1, "memory_limit": "64MB", "max_instances": 1, "command": "sleep", "args": ["600"]}}}"#,
+        Format::Json,
+        "inputs.json",
+    )
+    .unwrap();
+    let backend = Arc::new(SqliteBackend::open(&dir.path().join("db.sqlite")).unwrap());
+    let (notifier, changes) = tokio::sync::mpsc::unbounded_channel();
+    let executor = Arc::new(
+        LocalExecutor::new(LocalExecutorConfig::new(dir.path().join("runs")), notifier).unwrap(),
+    );
+    let settings = Settings {
+        resync_interval: Duration::from_secs(60),
+        ..Settings::default()
+    };
+    let ctx = Context::new(
+        backend.clone(),
+        backend.clone(),
+        executor,
+        Arc::new(inputs),
+        settings,
+    );
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(scheduler::run(ctx.clone(), changes, shutdown_rx));
+    let request = SubmitRequest {
+        agent_type: "slow".into(),
+        payload: serde_json::json!({}),
+        ..Default::default()
+    };
+    let id = intake::submit(&ctx, request).await.unwrap().0.id;
+    let status_of = |id: String| {
+        let ctx = ctx.clone();
+        async move { ctx.store.get(&id).await.unwrap().unwrap().status }
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        // Dispatched is enough: the agent process runs; with a minute's resync the loop may
+        // record `running` only later.
+        while status_of(id.clone()).await == Status::Queued {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the task starts");
+
+    intake::cancel(&ctx, &id).await.unwrap();
+    // Well inside the minute the resync would take.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while status_of(id.clone()).await != Status::Cancelled {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the cancel was applied before the next resync");
+    shutdown_tx.send(true).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), scheduler).await;
+}

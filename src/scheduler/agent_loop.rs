@@ -366,6 +366,13 @@ impl AgentLoop {
         self.release_later();
         let now = Instant::now();
         let mut to_observe: BTreeSet<TaskId> = std::mem::take(&mut self.pending);
+        // Changed behind the ledger's back (a cancel): their copies are stale, read the store.
+        for id in self.ctx.take_rereads(&self.agent.name) {
+            if self.active.contains_key(&id) || self.claiming.contains(&id) {
+                self.stale.insert(id.clone());
+                to_observe.insert(id);
+            }
+        }
         let resync = !self.resyncing
             && now.duration_since(self.last_resync) >= self.ctx.settings.resync_interval;
         if resync {

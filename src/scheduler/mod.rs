@@ -93,6 +93,9 @@ pub struct Context {
     /// single instance). Set through [`Context::set_leadership`].
     leader: std::sync::atomic::AtomicBool,
     wakers: HashMap<String, Arc<Notify>>,
+    /// Per agent type, tasks changed outside the loop (a cancel through the API) whose ledger
+    /// copy the loop must re-read from the store on its next round.
+    rereads: HashMap<String, Mutex<Vec<TaskId>>>,
     /// Which agent type owns each active task, to route executor notifications.
     owners: Mutex<HashMap<TaskId, String>>,
     statuses: RwLock<BTreeMap<String, AgentStatus>>,
@@ -127,6 +130,11 @@ impl Context {
             })
             .collect();
         let accepted_since_publish = inputs_types(&inputs);
+        let rereads = inputs
+            .agent_types
+            .keys()
+            .map(|t| (t.clone(), Mutex::new(Vec::new())))
+            .collect();
         Arc::new(Context {
             store,
             queue,
@@ -136,6 +144,7 @@ impl Context {
             fence: AtomicU64::new(0),
             leader: std::sync::atomic::AtomicBool::new(true),
             wakers,
+            rereads,
             owners: Mutex::new(HashMap::new()),
             statuses: RwLock::new(statuses),
             accepted_since_publish,
@@ -169,6 +178,25 @@ impl Context {
         if let Some(waker) = self.wakers.get(agent_type) {
             waker.notify_one();
         }
+    }
+
+    /// Tells `agent_type`'s loop that `task_id` changed in the store behind its back (a
+    /// cancel asked through the API): the loop re-reads it now instead of at its next resync.
+    pub fn reread(&self, agent_type: &str, task_id: &str) {
+        if let Some(ids) = self.rereads.get(agent_type) {
+            if let Ok(mut ids) = ids.lock() {
+                ids.push(task_id.to_owned());
+            }
+        }
+        self.wake(agent_type);
+    }
+
+    /// The tasks [`Self::reread`] asked `agent_type`'s loop to read again.
+    pub(crate) fn take_rereads(&self, agent_type: &str) -> Vec<TaskId> {
+        self.rereads
+            .get(agent_type)
+            .and_then(|ids| ids.lock().ok().map(|mut ids| std::mem::take(&mut *ids)))
+            .unwrap_or_default()
     }
 
     pub fn fence(&self) -> u64 {
