@@ -92,15 +92,23 @@ pub struct Context {
     /// Whether this coordinator may dispatch: it holds the leader lock (always true for a
     /// single instance). Set through [`Context::set_leadership`].
     leader: std::sync::atomic::AtomicBool,
-    wakers: HashMap<String, Arc<Notify>>,
-    /// Per agent type, tasks changed outside the loop (a cancel through the API) whose ledger
-    /// copy the loop must re-read from the store on its next round.
-    rereads: HashMap<String, Mutex<Vec<TaskId>>>,
+    /// Per agent type, how the outside world nudges its loop.
+    signals: HashMap<String, Signals>,
     /// Which agent type owns each active task, to route executor notifications.
     owners: Mutex<HashMap<TaskId, String>>,
     statuses: RwLock<BTreeMap<String, AgentStatus>>,
     /// Tasks accepted per agent type since its loop last measured the queue depth.
     accepted_since_publish: HashMap<String, AtomicU64>,
+}
+
+/// One agent type's loop as the rest of the coordinator reaches it.
+#[derive(Default)]
+struct Signals {
+    /// Look now (new work, cancel, leadership change).
+    wake: Arc<Notify>,
+    /// Tasks changed outside the loop (a cancel through the API) whose ledger copy it must
+    /// re-read from the store on its next round.
+    rereads: Mutex<Vec<TaskId>>,
 }
 
 impl Context {
@@ -111,10 +119,10 @@ impl Context {
         inputs: Arc<Inputs>,
         settings: Settings,
     ) -> Arc<Context> {
-        let wakers = inputs
+        let signals = inputs
             .agent_types
             .keys()
-            .map(|t| (t.clone(), Arc::new(Notify::new())))
+            .map(|t| (t.clone(), Signals::default()))
             .collect();
         let statuses = inputs
             .agent_types
@@ -130,11 +138,6 @@ impl Context {
             })
             .collect();
         let accepted_since_publish = inputs_types(&inputs);
-        let rereads = inputs
-            .agent_types
-            .keys()
-            .map(|t| (t.clone(), Mutex::new(Vec::new())))
-            .collect();
         Arc::new(Context {
             store,
             queue,
@@ -143,8 +146,7 @@ impl Context {
             settings,
             fence: AtomicU64::new(0),
             leader: std::sync::atomic::AtomicBool::new(true),
-            wakers,
-            rereads,
+            signals,
             owners: Mutex::new(HashMap::new()),
             statuses: RwLock::new(statuses),
             accepted_since_publish,
@@ -175,16 +177,16 @@ impl Context {
 
     /// Tells `agent_type`'s loop to look now (new task, cancel).
     pub fn wake(&self, agent_type: &str) {
-        if let Some(waker) = self.wakers.get(agent_type) {
-            waker.notify_one();
+        if let Some(signals) = self.signals.get(agent_type) {
+            signals.wake.notify_one();
         }
     }
 
     /// Tells `agent_type`'s loop that `task_id` changed in the store behind its back (a
     /// cancel asked through the API): the loop re-reads it now instead of at its next resync.
     pub fn reread(&self, agent_type: &str, task_id: &str) {
-        if let Some(ids) = self.rereads.get(agent_type) {
-            if let Ok(mut ids) = ids.lock() {
+        if let Some(signals) = self.signals.get(agent_type) {
+            if let Ok(mut ids) = signals.rereads.lock() {
                 ids.push(task_id.to_owned());
             }
         }
@@ -193,9 +195,14 @@ impl Context {
 
     /// The tasks [`Self::reread`] asked `agent_type`'s loop to read again.
     pub(crate) fn take_rereads(&self, agent_type: &str) -> Vec<TaskId> {
-        self.rereads
+        self.signals
             .get(agent_type)
-            .and_then(|ids| ids.lock().ok().map(|mut ids| std::mem::take(&mut *ids)))
+            .and_then(|s| {
+                s.rereads
+                    .lock()
+                    .ok()
+                    .map(|mut ids| std::mem::take(&mut *ids))
+            })
             .unwrap_or_default()
     }
 
@@ -215,8 +222,8 @@ impl Context {
             self.fence.store(fence, Ordering::SeqCst);
         }
         self.leader.store(leader, Ordering::SeqCst);
-        for waker in self.wakers.values() {
-            waker.notify_one();
+        for signals in self.signals.values() {
+            signals.wake.notify_one();
         }
     }
 
@@ -276,7 +283,11 @@ pub async fn run(
     for agent in ctx.inputs.agent_types.values() {
         let (tx, rx) = mpsc::unbounded_channel();
         routes.insert(agent.name.clone(), tx);
-        let waker = ctx.wakers.get(&agent.name).cloned().unwrap_or_default();
+        let waker = ctx
+            .signals
+            .get(&agent.name)
+            .map(|s| s.wake.clone())
+            .unwrap_or_default();
         let agent_loop = agent_loop::AgentLoop::new(ctx.clone(), agent.clone(), rx, waker);
         loops.spawn(agent_loop.run(shutdown.clone()));
     }

@@ -31,7 +31,7 @@ use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
-use super::store::{WorkflowStore, WorkflowStoreError};
+use super::store::{bumped, WorkflowStore, WorkflowStoreError};
 use super::Workflow;
 use crate::aws::{dynamodb_failure, is_condition_failed, table_layout};
 
@@ -195,10 +195,7 @@ impl WorkflowStore for DynamoWorkflowStore {
         next: &Workflow,
         expected_version: u64,
     ) -> Result<Workflow, WorkflowStoreError> {
-        let mut written = next.clone();
-        written.version = expected_version
-            .checked_add(1)
-            .ok_or_else(|| unavailable(format!("version overflow on workflow {}", next.id)))?;
+        let written = bumped(next, expected_version)?;
         let result = self
             .client
             .put_item()

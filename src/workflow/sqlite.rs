@@ -14,7 +14,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::store::{WorkflowStore, WorkflowStoreError};
+use super::store::{bumped, WorkflowStore, WorkflowStoreError};
 use super::Workflow;
 use crate::sqlite_worker::{Failed, Worker};
 
@@ -196,10 +196,7 @@ impl WorkflowStore for SqliteWorkflowStore {
         next: &Workflow,
         expected_version: u64,
     ) -> Result<Workflow, WorkflowStoreError> {
-        let mut written = next.clone();
-        written.version = expected_version
-            .checked_add(1)
-            .ok_or_else(|| unavailable(format!("version overflow on workflow {}", next.id)))?;
+        let written = bumped(next, expected_version)?;
         let body = encode(&written)?;
         let (id, status, open) = (
             written.id.clone(),

@@ -17,6 +17,18 @@ pub enum WorkflowStoreError {
     Unavailable { message: String },
 }
 
+/// `next` as an `update` writes it: its version one above `expected_version`.
+pub fn bumped(next: &Workflow, expected_version: u64) -> Result<Workflow, WorkflowStoreError> {
+    let mut written = next.clone();
+    written.version =
+        expected_version
+            .checked_add(1)
+            .ok_or_else(|| WorkflowStoreError::Unavailable {
+                message: format!("version overflow on workflow {}", next.id),
+            })?;
+    Ok(written)
+}
+
 #[async_trait]
 pub trait WorkflowStore: Send + Sync + 'static {
     /// Stores a new workflow (its id must be new).
