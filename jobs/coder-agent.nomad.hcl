@@ -6,17 +6,20 @@ job "dev-coder-agent" {
   priority    = 50
 
   # One dispatched child job per task attempt: the task is the payload, its id and attempt
-  # number are dispatch meta.
+  # number are dispatch meta, and so is the result queue's URL when the coordinator has one.
   parameterized {
     payload       = "required"
     meta_required = ["task_id"]
-    meta_optional = ["attempt"]
+    meta_optional = ["attempt", "result_queue_url"]
   }
 
   meta {
     agent_type   = "coder"
     capabilities = "code,git,pull-request"
     environment  = "dev"
+
+    # Overridden by the dispatch meta; empty when the coordinator has no result queue.
+    result_queue_url = ""
   }
 
   group "agent" {
@@ -57,6 +60,10 @@ job "dev-coder-agent" {
         AO_AGENT_TYPE  = "coder"
         AO_TASK_FILE   = "${NOMAD_TASK_DIR}/task.json"
         AO_RESULT_FILE = "${NOMAD_TASK_DIR}/result.json"
+
+        # Where the agent sends {"task_id", "attempt", "result"} (the coordinator cannot read
+        # the result file on this node).
+        AO_RESULT_QUEUE_URL = "${NOMAD_META_result_queue_url}"
 
         # The agent type's env_vars.
         LOG_LEVEL = "info"

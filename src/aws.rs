@@ -89,8 +89,8 @@ impl AwsNames {
 }
 
 /// Explicit queue URLs from the environment, as (queue name, URL): `AO_SQS_QUEUE_URL_<TYPE>`
-/// for a task queue (type upper-cased, `-` as `_`) and `AO_SQS_DLQ_URL` for the DLQ. Queues
-/// without one are resolved by name.
+/// for a task queue (type upper-cased, `-` as `_`), `AO_SQS_DLQ_URL` for the DLQ and
+/// `AO_SQS_RESULT_QUEUE_URL` for the result queue. Queues without one are resolved by name.
 pub fn queue_url_overrides(names: &AwsNames) -> Vec<(String, String)> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let mut out: Vec<(String, String)> = names
@@ -106,6 +106,9 @@ pub fn queue_url_overrides(names: &AwsNames) -> Vec<(String, String)> {
         .collect();
     if let Some(url) = env("AO_SQS_DLQ_URL") {
         out.push((names.dlq.clone(), url));
+    }
+    if let Some(url) = env("AO_SQS_RESULT_QUEUE_URL") {
+        out.push((names.results.clone(), url));
     }
     out
 }

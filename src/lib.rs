@@ -15,6 +15,7 @@ pub mod jobspec;
 pub mod metrics;
 pub mod queue;
 pub mod render;
+pub mod results;
 pub mod scheduler;
 pub mod serve;
 pub mod sqlite_worker;

@@ -18,6 +18,7 @@ use crate::executor::local::{LocalExecutor, LocalExecutorConfig};
 use crate::executor::Executor;
 use crate::http::{self, AppState};
 use crate::queue::TaskQueue;
+use crate::results::ResultQueue;
 use crate::scheduler::{self, Context, Settings};
 use crate::store::sqlite::SqliteBackend;
 use crate::store::TaskStore;
@@ -420,6 +421,8 @@ struct Backends {
     executor: Arc<dyn Executor>,
     /// Beside the tasks: `workflows.db` in the data dir, or the DynamoDB task table.
     workflows: Arc<dyn WorkflowStore>,
+    /// Where agents under Nomad report their results (`--queue sqs`); none embedded.
+    results: Option<Arc<dyn ResultQueue>>,
     /// Keeps the data dir's single-instance lock for the process lifetime.
     _instance_lock: Option<std::fs::File>,
 }
@@ -433,7 +436,13 @@ async fn build_backends(
             "{what} is not available in this build yet; use the embedded default"
         )))
     };
-    let (aws_store, aws_queue, aws_workflows) = aws_backends(settings).await?;
+    let AwsParts {
+        store: aws_store,
+        queue: aws_queue,
+        workflows: aws_workflows,
+        results,
+        result_queue_url,
+    } = aws_backends(settings).await?;
     let needs_sqlite = settings.store == StoreKind::Sqlite || settings.queue == QueueKind::Sqlite;
     let mut instance_lock = None;
     let mut sqlite = None;
@@ -478,10 +487,11 @@ async fn build_backends(
         ExecutorKind::Nomad => {
             use crate::executor::nomad::client::NomadClientConfig;
             use crate::executor::nomad::{NomadExecutor, NomadExecutorConfig, NomadStartError};
-            let config = NomadExecutorConfig::new(
+            let mut config = NomadExecutorConfig::new(
                 NomadClientConfig::from_env(),
                 settings.nomad_job_dir.clone(),
             );
+            config.result_queue_url = result_queue_url;
             let executor = NomadExecutor::start(config, &settings.inputs, notifier)
                 .await
                 .map_err(|e| match e {
@@ -503,16 +513,21 @@ async fn build_backends(
         queue,
         executor,
         workflows,
+        results,
         _instance_lock: instance_lock,
     })
 }
 
 /// The cluster's task store, task queue and workflow store, where the settings name them.
-type AwsParts = (
-    Option<Arc<dyn TaskStore>>,
-    Option<Arc<dyn TaskQueue>>,
-    Option<Arc<dyn WorkflowStore>>,
-);
+#[derive(Default)]
+struct AwsParts {
+    store: Option<Arc<dyn TaskStore>>,
+    queue: Option<Arc<dyn TaskQueue>>,
+    workflows: Option<Arc<dyn WorkflowStore>>,
+    results: Option<Arc<dyn ResultQueue>>,
+    /// Handed to agents under Nomad as `AO_RESULT_QUEUE_URL` (dispatch meta).
+    result_queue_url: Option<String>,
+}
 
 /// The AWS backends the settings name (`--store dynamodb`, `--queue sqs`), after `--bootstrap`
 /// created whatever was missing. Names follow the inputs' `cluster_name` (DESIGN.md §3); the
@@ -531,7 +546,7 @@ async fn aws_backends(settings: &ServeSettings) -> Result<AwsParts, ServeError> 
         if settings.bootstrap {
             warn!("--bootstrap has nothing to create: the embedded backends need no setup");
         }
-        return Ok((None, None, None));
+        return Ok(AwsParts::default());
     }
     let config = crate::aws::sdk_config(&AwsSettings::default()).await;
     let names = AwsNames::from_inputs(&settings.inputs);
@@ -548,7 +563,12 @@ async fn aws_backends(settings: &ServeSettings) -> Result<AwsParts, ServeError> 
             &names.table,
         )) as Arc<dyn WorkflowStore>
     });
-    let queue = if wants_queue {
+    let mut parts = AwsParts {
+        store,
+        workflows,
+        ..AwsParts::default()
+    };
+    if wants_queue {
         let wait = match std::env::var("AO_SQS_WAIT_SECONDS") {
             Ok(text) => text.trim().parse::<u64>().map_err(|_| {
                 ServeError::Config(ServeConfigError(format!(
@@ -570,11 +590,17 @@ async fn aws_backends(settings: &ServeSettings) -> Result<AwsParts, ServeError> 
         if let Err(e) = queue.resolve_all().await {
             warn!(error = %e, "SQS queues not reachable yet; the scheduler retries");
         }
-        Some(Arc::new(queue) as Arc<dyn TaskQueue>)
-    } else {
-        None
-    };
-    Ok((store, queue, workflows))
+        match queue.result_queue_url().await {
+            Ok(url) => parts.result_queue_url = Some(url),
+            Err(e) => {
+                warn!(error = %e, "result queue URL unknown (set AO_SQS_RESULT_QUEUE_URL): agents dispatched to Nomad get no AO_RESULT_QUEUE_URL")
+            }
+        }
+        let queue = Arc::new(queue);
+        parts.results = Some(queue.clone());
+        parts.queue = Some(queue);
+    }
+    Ok(parts)
 }
 
 /// Without the `aws` feature the cluster backends are not compiled in.
@@ -591,7 +617,7 @@ async fn aws_backends(settings: &ServeSettings) -> Result<AwsParts, ServeError> 
     if settings.queue == QueueKind::Sqs {
         return missing("--queue sqs");
     }
-    Ok((None, None, None))
+    Ok(AwsParts::default())
 }
 
 /// How long `serve` waits for a previous coordinator to release the data dir.
@@ -692,6 +718,15 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         workflows,
         shutdown_rx.clone(),
     ));
+    // Agents under Nomad report their results on the result queue (the local executor reads
+    // result files itself).
+    let result_consumer = backends.results.clone().map(|results| {
+        tokio::spawn(crate::results::run(
+            ctx.clone(),
+            results,
+            shutdown_rx.clone(),
+        ))
+    });
     let mut scheduler = tokio::spawn(scheduler::run(ctx.clone(), changes, shutdown_rx));
     info!(listen = %settings.listen, metrics_listen = %settings.metrics_listen, data_dir = %settings.data_dir.display(),
         agent_types = ?settings.inputs.agent_types.keys().collect::<Vec<_>>(), "coordinator started");
@@ -723,6 +758,10 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         .is_err()
     {
         warn!("workflow engine did not stop in time");
+    }
+    if let Some(consumer) = result_consumer {
+        // It stops at once: a result received and not yet recorded comes back later.
+        let _ = consumer.await;
     }
     let _ = api.await;
     let _ = metrics.await;

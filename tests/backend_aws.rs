@@ -502,6 +502,27 @@ impl AwsCoordinator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The task as `GET /tasks/{id}` shows it (null when it cannot be read).
+    fn task(&self, id: &str) -> serde_json::Value {
+        common::blocking_client()
+            .get(format!("{}/tasks/{id}", self.base))
+            .send()
+            .and_then(|r| r.json::<serde_json::Value>())
+            .unwrap_or_default()
+    }
+
+    /// Submits a task; its id.
+    fn submit(&self, agent_type: &str, payload: serde_json::Value) -> String {
+        let response = common::blocking_client()
+            .post(format!("{}/tasks", self.base))
+            .json(&serde_json::json!({"agent_type": agent_type, "payload": payload}))
+            .send()
+            .expect("submit");
+        assert_eq!(response.status().as_u16(), 201, "{}", self.log_text());
+        let body: serde_json::Value = response.json().expect("json");
+        body["id"].as_str().expect("id").to_owned()
+    }
+
     fn status_of(&self, id: &str) -> String {
         common::blocking_client()
             .get(format!("{}/tasks/{id}", self.base))
@@ -787,4 +808,178 @@ async fn terminal_tasks_get_a_ttl_and_an_expired_tasks_key_is_free_again() {
         }
     })
     .await;
+}
+
+/// Agents under Nomad report their results on the result queue. Here the test plays the
+/// agent's part while a local agent runs, against the real binary: a report of the running
+/// attempt lands on the task and stays through its success, one sent after the success lands
+/// too, and reports that cannot be recorded go to the dead-letter queue with the reason.
+#[test]
+fn results_sent_to_the_result_queue_land_on_their_tasks() {
+    let Some(url) = moto("results") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = unique("r");
+    // Each agent runs until the test lets it go.
+    let gate = dir.path().join("go");
+    let script = format!(
+        "while [ ! -e {}-$AO_TASK_ID ]; do sleep 0.05; done",
+        gate.display()
+    );
+    let inputs = dir.path().join("inputs.json");
+    let inputs_json = serde_json::json!({
+        "cluster_name": cluster,
+        "agent_types": {"worker": {"image": "local", "cpu_limit": 100, "memory_limit": "64MB",
+            "max_instances": 2, "command": "sh", "args": ["-c", script]}},
+    });
+    std::fs::write(&inputs, inputs_json.to_string()).expect("write inputs");
+    let coordinator = AwsCoordinator::start(dir.path(), &url, &inputs);
+    let release = |id: &str| std::fs::write(format!("{}-{id}", gate.display()), "").expect("gate");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let config = rt.block_on(config_for(&url));
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let names = AwsNames::for_cluster(&cluster, ["worker"]);
+    let queue_url = |name: &str| {
+        rt.block_on(sqs.get_queue_url().queue_name(name).send())
+            .expect("queue url")
+            .queue_url()
+            .expect("url")
+            .to_owned()
+    };
+    let (results, dlq) = (queue_url(&names.results), queue_url(&names.dlq));
+    let report = |body: String| {
+        rt.block_on(
+            sqs.send_message()
+                .queue_url(&results)
+                .message_body(body)
+                .send(),
+        )
+        .expect("send a report");
+    };
+    let submit = || coordinator.submit("worker", serde_json::json!({}));
+    let wait_for = |id: &str, what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let task = coordinator.task(id);
+            if done(&task) {
+                return task;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never {what}: {task}\n{}",
+                coordinator.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // While the attempt runs.
+    let running = submit();
+    wait_for(&running, "ran", &|t| t["status"] == "running");
+    report(format!(
+        r#"{{"task_id": "{running}", "attempt": 1, "result": {{"pr": 1}}}}"#
+    ));
+    let task = wait_for(&running, "got its result", &|t| !t["result"].is_null());
+    assert_eq!(task["result"], serde_json::json!({"pr": 1}));
+    assert_eq!(task["status"], "running", "only the result changed");
+    release(&running);
+    let task = wait_for(&running, "succeeded", &|t| t["status"] == "succeeded");
+    assert_eq!(
+        task["result"],
+        serde_json::json!({"pr": 1}),
+        "a success without a result file keeps the reported result"
+    );
+
+    // After the success.
+    let done = submit();
+    release(&done);
+    let task = wait_for(&done, "succeeded", &|t| t["status"] == "succeeded");
+    assert!(task["result"].is_null(), "{task}");
+    report(format!(
+        r#"{{"task_id": "{done}", "attempt": 1, "result": "late"}}"#
+    ));
+    wait_for(&done, "got its late result", &|t| t["result"] == "late");
+
+    // Reports that cannot be recorded.
+    let poison = [
+        ("not json".to_owned(), "not a result report"),
+        (
+            r#"{"task_id": "no-such-task", "attempt": 1, "result": 1}"#.to_owned(),
+            "there is no task",
+        ),
+        (
+            format!(r#"{{"task_id": "{done}", "attempt": 2, "result": 1}}"#),
+            "never dispatched",
+        ),
+    ];
+    for (body, _) in &poison {
+        report(body.clone());
+    }
+    let mut dead: Vec<(String, String)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dead.len() < poison.len() && Instant::now() < deadline {
+        let answer = rt
+            .block_on(
+                sqs.receive_message()
+                    .queue_url(&dlq)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .message_attribute_names("All")
+                    .send(),
+            )
+            .expect("receive DLQ");
+        for m in answer.messages() {
+            let reason = m
+                .message_attributes()
+                .and_then(|a| a.get("reason"))
+                .and_then(|v| v.string_value())
+                .unwrap_or("")
+                .to_owned();
+            dead.push((m.body().unwrap_or("").to_owned(), reason));
+        }
+    }
+    for (body, why) in &poison {
+        assert!(
+            dead.iter()
+                .any(|(b, reason)| b == body && reason.contains(why)),
+            "{body:?} in the DLQ because {why:?}: {dead:?}"
+        );
+    }
+    assert_eq!(dead.len(), poison.len(), "{dead:?}");
+    // Every report leaves the result queue (a poison one is deleted after its copy), and the
+    // late result still stands.
+    use aws_sdk_sqs::types::QueueAttributeName as Q;
+    let left = || {
+        let attrs = rt
+            .block_on(
+                sqs.get_queue_attributes()
+                    .queue_url(&results)
+                    .attribute_names(Q::All)
+                    .send(),
+            )
+            .expect("attributes");
+        let count = |name: Q| {
+            attrs
+                .attributes()
+                .and_then(|a| a.get(&name))
+                .cloned()
+                .unwrap_or_default()
+        };
+        (
+            count(Q::ApproximateNumberOfMessages),
+            count(Q::ApproximateNumberOfMessagesNotVisible),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while left() != ("0".to_owned(), "0".to_owned()) {
+        assert!(
+            Instant::now() < deadline,
+            "result queue not drained: {:?}",
+            left()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(coordinator.task(&done)["result"], "late");
 }

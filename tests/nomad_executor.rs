@@ -106,6 +106,67 @@ async fn dispatch_registers_jobs_and_sends_payload_meta_token_and_idempotency_to
     assert_eq!(fake.state.lock().unwrap().registrations, 2);
 }
 
+/// The job files of `jobs/`, copied so a test may edit them.
+fn jobs_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(harness::job_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+const RESULTS_URL: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/dev-results";
+
+#[tokio::test]
+async fn the_result_queue_url_is_dispatch_meta_when_the_job_declares_it() {
+    let fixtures = fixtures_or_skip!();
+    let fake = FakeNomad::start(&fixtures, Mode::Hold).await;
+    let inputs = inputs(2, 2);
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = client_config(&fake.url(), Some(TOKEN));
+    let jobs = jobs_copy();
+    // An operator's older template for `tester`, without the optional meta key.
+    let tester = jobs.path().join("tester-agent.nomad.hcl");
+    let text = std::fs::read_to_string(&tester).unwrap();
+    let old = text.replace(
+        r#"meta_optional = ["attempt", "result_queue_url"]"#,
+        r#"meta_optional = ["attempt"]"#,
+    );
+    assert_ne!(old, text, "the rendered job declares result_queue_url");
+    std::fs::write(&tester, old).unwrap();
+    let exec = harness::executor_with(
+        client,
+        &inputs,
+        tx,
+        jobs.path().to_path_buf(),
+        Some(RESULTS_URL),
+    )
+    .await;
+
+    for agent_type in ["coder", "tester"] {
+        let task = new_task(agent_type, serde_json::json!({}));
+        let agent = &inputs.agent_types[agent_type];
+        within(5, "dispatch", exec.dispatch(&task, agent))
+            .await
+            .unwrap_or_else(|e| panic!("{agent_type}: {e}"));
+    }
+    let metas: std::collections::HashMap<String, serde_json::Value> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/dispatch"))
+        .map(|r| (r.path.clone(), r.json()["Meta"].clone()))
+        .collect();
+    assert_eq!(
+        metas["/v1/job/dev-coder-agent/dispatch"]["result_queue_url"],
+        RESULTS_URL
+    );
+    // Nomad would refuse the key on a job that does not declare it: it is left out.
+    let tester = &metas["/v1/job/dev-tester-agent/dispatch"];
+    assert!(tester.get("result_queue_url").is_none(), "{tester}");
+    assert!(tester.get("task_id").is_some());
+}
+
 #[tokio::test]
 async fn the_same_attempt_dispatched_twice_gets_the_same_child() {
     let fixtures = fixtures_or_skip!();

@@ -36,6 +36,12 @@
 //! the receive goes on with the other messages. If the copy fails the message stays where it is
 //! and SQS's redrive policy moves it after `maxReceiveCount` receives.
 //!
+//! # The result queue
+//!
+//! [`SqsQueue`] is also the cluster's [`ResultQueue`] (`<cluster_name>-results`, see
+//! [`crate::results`]): long-polled receives of up to 10 reports, deletes, and the same DLQ
+//! (without the `agent_type` attribute) for reports that cannot be recorded.
+//!
 //! Every SDK error that survives the SDK's retries is [`QueueError::Unavailable`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +61,7 @@ use tracing::{debug, warn};
 
 use crate::aws::{describe, queue_settings, AwsNames};
 use crate::queue::{Depth, Message, QueueError, TaskQueue};
+use crate::results::{Delivery, ResultQueue};
 
 /// Most messages one ReceiveMessage returns.
 pub const MAX_RECEIVE_BATCH: usize = 10;
@@ -94,6 +101,8 @@ pub struct SqsQueue {
     /// Agent type → queue name.
     names: BTreeMap<String, String>,
     dlq_name: String,
+    /// The result queue agents report to (`<cluster_name>-results`).
+    results_name: String,
     /// Queue name → URL, filled once per queue.
     urls: Arc<Mutex<HashMap<String, String>>>,
     options: SqsOptions,
@@ -157,6 +166,18 @@ fn is_missing_queue(code: Option<&str>) -> bool {
     code.is_some_and(|c| c.contains("NonExistentQueue") || c.contains("QueueDoesNotExist"))
 }
 
+/// A message on its way to the dead-letter queue.
+#[derive(Clone, Copy)]
+struct Poison<'a> {
+    /// The task queue's agent type; `None` for the result queue.
+    agent_type: Option<&'a str>,
+    /// The queue it came from.
+    url: &'a str,
+    message_id: &'a str,
+    body: &'a str,
+    receipt: Option<&'a str>,
+}
+
 impl SqsQueue {
     /// A queue over the module's names; URLs are resolved on first use.
     pub fn new(config: &SdkConfig, names: &AwsNames, options: SqsOptions) -> SqsQueue {
@@ -168,6 +189,7 @@ impl SqsQueue {
             client,
             names: names.task_queues.clone(),
             dlq_name: names.dlq.clone(),
+            results_name: names.results.clone(),
             urls: Arc::new(Mutex::new(HashMap::new())),
             options,
         }
@@ -180,13 +202,14 @@ impl SqsQueue {
         }
     }
 
-    /// Resolves every task queue and the DLQ now, so a missing queue is reported at start.
+    /// Resolves every task queue, the DLQ and the result queue now, so a missing queue is
+    /// reported at start.
     pub async fn resolve_all(&self) -> Result<(), QueueError> {
         let names: Vec<String> = self
             .names
             .values()
             .cloned()
-            .chain([self.dlq_name.clone()])
+            .chain([self.dlq_name.clone(), self.results_name.clone()])
             .collect();
         for name in names {
             self.url_of(&name).await?;
@@ -239,6 +262,11 @@ impl SqsQueue {
         self.url_of(&name).await
     }
 
+    /// The result queue's URL (what agents under Nomad get as `AO_RESULT_QUEUE_URL`).
+    pub async fn result_queue_url(&self) -> Result<String, QueueError> {
+        self.url_of(&self.results_name).await
+    }
+
     /// Moves a poison message to the DLQ: copy, then delete. Never fails the caller.
     async fn dead_letter(
         &self,
@@ -249,6 +277,27 @@ impl SqsQueue {
     ) {
         let message_id = message.message_id().unwrap_or("?");
         warn!(%agent_type, message_id, reason, dlq = %self.dlq_name, "moving a message that is not a task reference to the dead-letter queue");
+        let poison = Poison {
+            agent_type: Some(agent_type),
+            url,
+            message_id,
+            body: message.body().unwrap_or(""),
+            receipt: message.receipt_handle(),
+        };
+        self.move_to_dlq(&poison, reason).await;
+    }
+
+    /// Copies `poison` to the DLQ with `reason` (and where it came from), then deletes the
+    /// original. A failed copy leaves the original for the queue's own redrive policy.
+    async fn move_to_dlq(&self, poison: &Poison<'_>, reason: &str) {
+        let Poison {
+            agent_type,
+            url,
+            message_id,
+            body,
+            receipt,
+        } = *poison;
+        let origin = agent_type.unwrap_or("results");
         let copied = async {
             let dlq = self.url_of(&self.dlq_name).await?;
             let attr = |value: &str| {
@@ -258,26 +307,29 @@ impl SqsQueue {
                     .build()
                     .map_err(|e| unavailable(e.to_string()))
             };
-            self.client
+            let mut copy = self
+                .client
                 .send_message()
                 .queue_url(dlq)
-                .message_body(message.body().unwrap_or("").to_owned())
+                .message_body(body.to_owned())
                 .message_attributes("reason", attr(reason)?)
-                .message_attributes("agent_type", attr(agent_type)?)
-                .message_attributes("source_queue", attr(url)?)
-                .send()
+                .message_attributes("source_queue", attr(url)?);
+            if let Some(agent_type) = agent_type {
+                copy = copy.message_attributes("agent_type", attr(agent_type)?);
+            }
+            copy.send()
                 .await
                 .map_err(|e| unavailable(format!("SendMessage to the DLQ: {}", describe(&e))))?;
             Ok::<(), QueueError>(())
         }
         .await;
         if let Err(e) = copied {
-            warn!(%agent_type, message_id, error = %e, "could not copy the message to the dead-letter queue; leaving it for SQS's redrive policy");
+            warn!(%origin, message_id, error = %e, "could not copy the message to the dead-letter queue; leaving it for SQS's redrive policy");
             return;
         }
-        if let Some(receipt) = message.receipt_handle() {
+        if let Some(receipt) = receipt {
             if let Err(e) = self.delete(url, receipt).await {
-                warn!(%agent_type, message_id, error = %e, "copied to the dead-letter queue but could not delete the original");
+                warn!(%origin, message_id, error = %e, "copied to the dead-letter queue but could not delete the original");
             }
         }
     }
@@ -518,6 +570,72 @@ impl TaskQueue for SqsQueue {
 }
 
 /// URL of `name`, or `None` when the queue does not exist.
+/// The result queue: ReceiveMessage (long poll), DeleteMessage, and the task queues' DLQ for
+/// reports that cannot be recorded.
+#[async_trait]
+impl ResultQueue for SqsQueue {
+    async fn receive(
+        &self,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let url = self.result_queue_url().await?;
+        let answer = self
+            .client
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(MAX_RECEIVE_BATCH as i32)
+            .wait_time_seconds(whole_seconds(wait, Duration::from_secs(20)))
+            .visibility_timeout(whole_seconds(visibility, MAX_VISIBILITY))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("ReceiveMessage (results): {}", describe(&e))))?;
+        Ok(answer
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                let receipt = m.receipt_handle()?;
+                let receive_count = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(1);
+                Some(Delivery {
+                    message_id: m.message_id().unwrap_or("?").to_owned(),
+                    receipt: receipt.to_owned(),
+                    body: m.body().map(str::to_owned),
+                    receive_count,
+                })
+            })
+            .collect())
+    }
+
+    async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
+        let url = self.result_queue_url().await?;
+        self.delete(&url, receipt).await
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) {
+        warn!(message_id = %delivery.message_id, reason, dlq = %self.dlq_name, "moving a result report that cannot be recorded to the dead-letter queue");
+        let url = match self.result_queue_url().await {
+            Ok(url) => url,
+            Err(e) => {
+                warn!(message_id = %delivery.message_id, error = %e, "cannot reach the result queue; the report stays there");
+                return;
+            }
+        };
+        let poison = Poison {
+            agent_type: None,
+            url: &url,
+            message_id: &delivery.message_id,
+            body: delivery.body.as_deref().unwrap_or(""),
+            receipt: Some(&delivery.receipt),
+        };
+        self.move_to_dlq(&poison, reason).await;
+    }
+}
+
 async fn existing_queue(client: &Client, name: &str) -> Result<Option<String>, String> {
     match client.get_queue_url().queue_name(name).send().await {
         Ok(out) => Ok(out.queue_url().map(str::to_owned)),

@@ -128,8 +128,10 @@ fn agent_jobs_carry_the_contract_and_the_inputs() {
     );
     assert_eq!(
         agent["ParameterizedJob"]["MetaOptional"],
-        serde_json::json!(["attempt"])
+        serde_json::json!(["attempt", "result_queue_url"])
     );
+    // Defaulted so the interpolation below is empty when the dispatch carries no URL.
+    assert_eq!(agent["Meta"]["result_queue_url"], "");
     let group = &agent["TaskGroups"][0];
     assert_eq!(group["RestartPolicy"]["Attempts"], 0);
     assert_eq!(group["RestartPolicy"]["Mode"], "fail");
@@ -144,6 +146,7 @@ fn agent_jobs_carry_the_contract_and_the_inputs() {
         serde_json::json!({
             "A": "1", "AO_AGENT_TYPE": "coder", "AO_ATTEMPT": "${NOMAD_META_attempt}",
             "AO_RESULT_FILE": "${NOMAD_TASK_DIR}/result.json", "AO_TASK_FILE": "${NOMAD_TASK_DIR}/task.json",
+            "AO_RESULT_QUEUE_URL": "${NOMAD_META_result_queue_url}",
             "AO_TASK_ID": "${NOMAD_META_task_id}", "B": "2"
         })
     );

@@ -765,7 +765,13 @@ impl AgentLoop {
         self.record(&task, Recorded::Terminal { status }, |t| {
             t.status = status;
             t.finished_at = Some(finished_at);
-            t.result = result;
+            // The executor's result (the local result file) wins; Nomad's success carries
+            // none, and the result queue may already have put one on the task. A task that
+            // did not succeed keeps none.
+            t.result = match status {
+                Status::Succeeded => result.or_else(|| t.result.take()),
+                _ => None,
+            };
             t.error = error.clone();
             t.deadline_at = None;
             if let Some(record) = t.current_attempt_mut() {
@@ -806,6 +812,8 @@ impl AgentLoop {
             t.not_before = not_before;
             t.deadline_at = None;
             t.executor_handle = None;
+            // A result the failed attempt reported is not the task's.
+            t.result = None;
             if let Some(record) = t.current_attempt_mut() {
                 record.finished_at = Some(finished_at);
                 record.outcome = Some(outcome.to_string());

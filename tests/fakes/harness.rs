@@ -64,8 +64,20 @@ pub async fn executor(
     inputs: &Inputs,
     notifier: ChangeNotifier,
 ) -> NomadExecutor {
-    let mut config = NomadExecutorConfig::new(client, job_dir());
+    executor_with(client, inputs, notifier, job_dir(), None).await
+}
+
+/// [`executor`] with the jobs of `jobs` and a result queue URL.
+pub async fn executor_with(
+    client: NomadClientConfig,
+    inputs: &Inputs,
+    notifier: ChangeNotifier,
+    jobs: PathBuf,
+    result_queue_url: Option<&str>,
+) -> NomadExecutor {
+    let mut config = NomadExecutorConfig::new(client, jobs);
     config.watch_wait = Duration::from_millis(500);
+    config.result_queue_url = result_queue_url.map(String::from);
     within(
         10,
         "executor start",

@@ -415,6 +415,19 @@ fn dispatch(app: &App, parent: &str, record: &Recorded) -> Response {
             "Dispatch did not provide required meta keys: [task_id]",
         );
     }
+    // Nomad refuses meta keys the parameterized block does not declare.
+    let declared = |field: &str| -> Vec<String> {
+        serde_json::from_value(s.parents[parent]["ParameterizedJob"][field].clone())
+            .unwrap_or_default()
+    };
+    let permitted = [declared("MetaRequired"), declared("MetaOptional")].concat();
+    let unpermitted: Vec<&String> = meta.keys().filter(|k| !permitted.contains(k)).collect();
+    if !unpermitted.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            &format!("Dispatch provided unpermitted meta keys: {unpermitted:?}"),
+        );
+    }
     s.index += 1;
     s.seq += 1;
     let index = s.index;

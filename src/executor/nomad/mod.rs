@@ -57,7 +57,13 @@ pub struct NomadExecutorConfig {
     pub job_dir: PathBuf,
     /// How long one blocking query on allocations waits for a change.
     pub watch_wait: Duration,
+    /// The result queue's URL, passed to each attempt as the dispatch meta
+    /// [`RESULT_QUEUE_META`] (agents get it as `AO_RESULT_QUEUE_URL`) when its job accepts it.
+    pub result_queue_url: Option<String>,
 }
+
+/// Dispatch meta carrying the result queue's URL (`meta_optional` of the rendered agent jobs).
+pub const RESULT_QUEUE_META: &str = "result_queue_url";
 
 impl NomadExecutorConfig {
     pub fn new(client: NomadClientConfig, job_dir: impl Into<PathBuf>) -> Self {
@@ -65,6 +71,7 @@ impl NomadExecutorConfig {
             client,
             job_dir: job_dir.into(),
             watch_wait: Duration::from_secs(30),
+            result_queue_url: None,
         }
     }
 }
@@ -91,6 +98,9 @@ struct ParentJob {
     id: String,
     /// The job in API form (the `Job` object).
     spec: serde_json::Value,
+    /// Whether its `parameterized` block accepts [`RESULT_QUEUE_META`] (Nomad refuses a
+    /// dispatch with meta keys the job does not declare).
+    takes_result_queue: bool,
 }
 
 type AttemptKey = (TaskId, u32);
@@ -98,6 +108,7 @@ type AttemptKey = (TaskId, u32);
 struct Inner {
     client: NomadClient,
     parents: BTreeMap<String, ParentJob>,
+    result_queue_url: Option<String>,
     registered: Mutex<HashSet<String>>,
     children: Mutex<HashMap<AttemptKey, String>>,
     stops: Mutex<HashMap<AttemptKey, StopReason>>,
@@ -154,11 +165,26 @@ impl NomadExecutor {
             if id != expected {
                 warn!(agent_type = %agent.name, job = %id, %expected, "job id does not follow <cluster>-<type>-agent");
             }
-            parents.insert(agent.name.clone(), ParentJob { id, spec });
+            let takes_result_queue = spec
+                .pointer("/ParameterizedJob/MetaOptional")
+                .and_then(|v| v.as_array())
+                .is_some_and(|keys| keys.iter().any(|k| k == RESULT_QUEUE_META));
+            if config.result_queue_url.is_some() && !takes_result_queue {
+                warn!(agent_type = %agent.name, job = %id, "the job's parameterized block has no meta_optional \"result_queue_url\": its agents cannot report results through the result queue");
+            }
+            parents.insert(
+                agent.name.clone(),
+                ParentJob {
+                    id,
+                    spec,
+                    takes_result_queue,
+                },
+            );
         }
         let inner = Arc::new(Inner {
             client,
             parents,
+            result_queue_url: config.result_queue_url,
             registered: Mutex::new(HashSet::new()),
             children: Mutex::new(HashMap::new()),
             stops: Mutex::new(HashMap::new()),
@@ -339,12 +365,16 @@ impl Executor for NomadExecutor {
                 ),
             });
         }
+        let mut meta = BTreeMap::from([
+            ("task_id".to_string(), task.id.clone()),
+            ("attempt".to_string(), task.attempt.to_string()),
+        ]);
+        if let (Some(url), true) = (&inner.result_queue_url, parent.takes_result_queue) {
+            meta.insert(RESULT_QUEUE_META.to_string(), url.clone());
+        }
         let request = DispatchRequest {
             payload: base64::engine::general_purpose::STANDARD.encode(&payload),
-            meta: BTreeMap::from([
-                ("task_id".to_string(), task.id.clone()),
-                ("attempt".to_string(), task.attempt.to_string()),
-            ]),
+            meta,
             id_prefix_template: Some(task.id.clone()),
         };
         let token = format!("{}-{}", task.id, task.attempt);
