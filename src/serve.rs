@@ -691,6 +691,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
             Some(github) => Some(
                 github
                     .start(Some(&settings.data_dir), ctx.clone(), shutdown_rx.clone())
+                    .await
                     .map_err(ServeError::Runtime)?,
             ),
             None => None,

@@ -1,7 +1,9 @@
 //! `POST /webhooks/github` end to end through `http::app(state)` with a real `Context` on the
 //! embedded SQLite backend: every payload in `../shared/fixtures/github-webhooks`, signed here,
 //! against an explicit classification table; rejections; de-duplication; debounce; cancel;
-//! self-loop protection; budgets.
+//! self-loop protection; budgets, also across a restart of the real binary.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,7 @@ use agent_orchestrator::store::{TaskFilter, TaskStore};
 use agent_orchestrator::task::Task;
 use axum::body::Body;
 use axum::http::Request;
+use common::Coordinator;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -815,4 +818,77 @@ async fn a_new_trigger_waits_behind_the_running_task_of_its_type() {
         .await
         .unwrap();
     assert_eq!(h.tasks().await.len(), 3);
+}
+
+/// Signs and posts a delivery to the real binary.
+fn deliver_to(c: &Coordinator, delivery: &str, body: &[u8]) -> (u16, Value) {
+    let r = common::blocking_client()
+        .post(format!("{}/webhooks/github", c.base))
+        .header("content-type", "application/json")
+        .header("x-github-event", "issues")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", sign(SECRET.as_bytes(), body))
+        .body(body.to_vec())
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn the_budget_holds_across_a_restart() {
+    let Some(labeled) = fixture("issues/labeled.payload.json") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("webhook-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    // Debounce off and no waiting behind the issue's task: each delivery is a new run.
+    let config = dir.path().join("github.json");
+    let rules = json!({"rules": {"max_runs_per_issue_per_hour": 1, "debounce_seconds": 0,
+                                 "one_task_per_issue": false}});
+    std::fs::write(&config, serde_json::to_vec(&rules).unwrap()).unwrap();
+    let inputs = common::shell_inputs(dir.path(), &[("coder", 1, "exit 0")]);
+    let mut c = Coordinator::start(
+        dir.path(),
+        &[
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--github-webhook-secret-file",
+            secret.to_str().unwrap(),
+            "--github-config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let body = relabel(labeled.clone(), "agent:coder", "2019-05-15T15:20:20Z");
+    let (status, first) = deliver_to(&c, "before-restart", &body);
+    assert_eq!((status, &first["created"]), (202, &json!(true)), "{first}");
+
+    c.restart();
+    let (status, again) = deliver_to(&c, "after-restart", &body);
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(
+        again["over_budget"], true,
+        "the restart granted a fresh budget: {again}"
+    );
+    assert!(
+        again["ignored"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Codertocat/Hello-World#1"),
+        "{again}"
+    );
+    let tasks = c.all_tasks();
+    assert_eq!(tasks.len(), 1, "no second task: {tasks:#?}");
+    assert_eq!(tasks[0]["id"], first["task"]["id"]);
+
+    // Only that issue is held back.
+    let mut other = labeled;
+    other["issue"]["number"] = json!(2);
+    let (_, other) = deliver_to(
+        &c,
+        "other-issue",
+        &relabel(other, "agent:coder", "2019-05-15T15:20:20Z"),
+    );
+    assert_eq!(other["created"], true, "{other}");
 }

@@ -5,7 +5,8 @@
 //! - `routing.rs`: the rules (event → task, cancel, or ignore with a reason). Pure.
 //! - `tracker.rs`: [`tracker::IssueTracker`] and its GitHub App implementation (octocrab).
 //! - `progress.rs`: the status comment / labels reporter and the parent nudge.
-//! - `state.rs`: this side's own SQLite record (tasks per issue, comment ids).
+//! - `state.rs`: this side's own SQLite record (tasks per issue, comment ids, waiting triggers,
+//!   budget runs).
 //!
 //! De-duplication: an LRU of recent delivery ids answers redeliveries at once; durably, every
 //! task's idempotency key is derived from the delivery's content (the issue's debounce window,
@@ -28,8 +29,9 @@ use tracing::{info, warn};
 
 use crate::intake::{self, IntakeError, SubmitRequest};
 use crate::scheduler::Context;
+use crate::task::Millis;
 use routing::{AppIdentity, Decision, Rules};
-use state::{StateDb, Tracked};
+use state::{BudgetRun, StateDb, StateError, Tracked};
 use tracker::IssueTracker;
 use webhook::{Secret, VerifiedDelivery};
 
@@ -113,6 +115,24 @@ impl WebhookConfig {
             deliveries: Mutex::new(DeliveryCache::new(options.dedup_capacity.max(1))),
             budget: Mutex::new(Budget::default()),
         }
+    }
+
+    /// Rebuilds the budgets from the runs `github.db` recorded in the last hour, each with its
+    /// real age, so a restart does not grant a fresh budget. Startup only: afterwards the
+    /// budget lives in memory and a delivery costs no extra query. Returns the runs restored
+    /// and the unreadable rows skipped.
+    async fn restore_budget(&self) -> Result<(usize, usize), StateError> {
+        let (now_ms, now) = (crate::task::now_ms(), Instant::now());
+        let recent = self
+            .state
+            .budget_runs_since(now_ms.saturating_sub(HOUR.as_millis() as Millis))
+            .await?;
+        let restored = Budget::restore(&recent.runs, now_ms, now);
+        let count = restored.repos.values().map(VecDeque::len).sum();
+        if let Ok(mut budget) = self.budget.lock() {
+            *budget = restored;
+        }
+        Ok((count, recent.skipped))
     }
 
     /// Remembers a delivery id; false when it was seen already.
@@ -266,7 +286,7 @@ impl WebhookConfig {
             .budget
             .lock()
             .map_err(|_| IntakeError::Invalid("budget lock poisoned".into()))?
-            .reserve(&trigger.repository, trigger.number, budget);
+            .reserve(&trigger.repository, trigger.number, budget, Instant::now());
         if let Err(reason) = reserved {
             self.notify_over_budget(&trigger, &reason);
             return Ok(Outcome::OverBudget(reason));
@@ -312,7 +332,7 @@ impl WebhookConfig {
         let (task, new) = result?;
         if new {
             self.state
-                .insert(&Tracked {
+                .insert_budgeted(&Tracked {
                     task_id: task.id.clone(),
                     repository: trigger.repository.clone(),
                     number: trigger.number,
@@ -465,7 +485,12 @@ impl DeliveryCache {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Runs started in the last hour, per issue and per repository (in memory: a restart forgets).
+/// Runs started in the last hour, per issue and per repository, oldest first.
+///
+/// Checked in memory on every delivery; every reservation kept is also recorded in `github.db`
+/// (`budget_runs`, in the write the delivery makes anyway) and [`Budget::restore`]d at startup.
+/// `notices` (one over-budget comment per issue per hour) stays in memory only: after a
+/// restart an issue still over budget may get one more notice, which is harmless.
 #[derive(Default)]
 struct Budget {
     issues: HashMap<(String, u64), VecDeque<Instant>>,
@@ -474,13 +499,45 @@ struct Budget {
 }
 
 impl Budget {
+    /// The budget holding `runs` as of `now` (wall clock `now_ms`): a run keeps its slot for
+    /// what is left of its hour, and runs older than an hour hold none.
+    fn restore(runs: &[BudgetRun], now_ms: Millis, now: Instant) -> Budget {
+        let mut held: Vec<(Instant, &BudgetRun)> = runs
+            .iter()
+            .filter_map(|run| {
+                // A run stamped in the future (the wall clock went back) counts as just started.
+                let age =
+                    Duration::from_millis(now_ms.saturating_sub(run.started_at).max(0) as u64);
+                // Where `Instant` cannot go back that far, the run holds a full hour: too strict
+                // rather than too lenient.
+                (age < HOUR).then(|| (now.checked_sub(age).unwrap_or(now), run))
+            })
+            .collect();
+        // `reserve` prunes from the front: oldest first.
+        held.sort_by_key(|(at, _)| *at);
+        let mut budget = Budget::default();
+        for (at, run) in held {
+            budget
+                .issues
+                .entry((run.repository.clone(), run.number))
+                .or_default()
+                .push_back(at);
+            budget
+                .repos
+                .entry(run.repository.clone())
+                .or_default()
+                .push_back(at);
+        }
+        budget
+    }
+
     fn reserve(
         &mut self,
         repo: &str,
         issue: u64,
         (per_issue, per_repo): (u32, u32),
+        now: Instant,
     ) -> Result<(), String> {
-        let now = Instant::now();
         let prune = |q: &mut VecDeque<Instant>| {
             while q.front().is_some_and(|t| now.duration_since(*t) >= HOUR) {
                 q.pop_front();
@@ -548,18 +605,77 @@ mod tests {
     #[test]
     fn budget_per_issue_and_repository() {
         let mut b = Budget::default();
-        assert!(b.reserve("o/r", 1, (2, 3)).is_ok());
-        assert!(b.reserve("o/r", 1, (2, 3)).is_ok());
-        assert!(b.reserve("o/r", 1, (2, 3)).unwrap_err().contains("o/r#1"));
-        assert!(b.reserve("o/r", 2, (2, 3)).is_ok());
+        assert!(b.reserve("o/r", 1, (2, 3), Instant::now()).is_ok());
+        assert!(b.reserve("o/r", 1, (2, 3), Instant::now()).is_ok());
         assert!(b
-            .reserve("o/r", 3, (2, 3))
+            .reserve("o/r", 1, (2, 3), Instant::now())
+            .unwrap_err()
+            .contains("o/r#1"));
+        assert!(b.reserve("o/r", 2, (2, 3), Instant::now()).is_ok());
+        assert!(b
+            .reserve("o/r", 3, (2, 3), Instant::now())
             .unwrap_err()
             .contains("o/r already"));
         b.release("o/r", 2);
-        assert!(b.reserve("o/r", 3, (2, 3)).is_ok());
+        assert!(b.reserve("o/r", 3, (2, 3), Instant::now()).is_ok());
         assert!(b.first_notice("o/r", 1));
         assert!(!b.first_notice("o/r", 1));
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn run(number: u64, minutes_ago: i64, now_ms: Millis) -> BudgetRun {
+        BudgetRun {
+            repository: "o/r".into(),
+            number,
+            started_at: now_ms - minutes_ago * 60_000,
+        }
+    }
+
+    #[test]
+    fn a_restored_run_holds_its_slot_for_what_is_left_of_its_hour() {
+        let (now_ms, now) = (1_800_000_000_000, Instant::now());
+        let runs = [run(1, 50, now_ms), run(2, 70, now_ms), run(3, 20, now_ms)];
+        let mut b = Budget::restore(&runs, now_ms, now);
+        let one_per_issue = (1, 0);
+        assert!(
+            b.reserve("o/r", 2, one_per_issue, now).is_ok(),
+            "a run of 70 minutes ago no longer counts"
+        );
+        assert!(b.reserve("o/r", 1, one_per_issue, now).is_err());
+        let almost = now + 10 * MINUTE - Duration::from_millis(1);
+        assert!(b.reserve("o/r", 1, one_per_issue, almost).is_err());
+        assert!(
+            b.reserve("o/r", 1, one_per_issue, now + 10 * MINUTE)
+                .is_ok(),
+            "a run of 50 minutes ago frees its slot 10 minutes later"
+        );
+        assert!(
+            b.reserve("o/r", 3, one_per_issue, now + 10 * MINUTE)
+                .is_err(),
+            "a run of 20 minutes ago holds for 40 more"
+        );
+    }
+
+    #[test]
+    fn restored_runs_count_against_their_repository_in_any_order() {
+        let (now_ms, now) = (1_800_000_000_000, Instant::now());
+        // Unsorted, one from the future (clock went back), one expired.
+        let runs = [
+            run(3, 10, now_ms),
+            run(1, 59, now_ms),
+            run(2, -5, now_ms),
+            run(4, 61, now_ms),
+        ];
+        let mut b = Budget::restore(&runs, now_ms, now);
+        let three_per_repo = (0, 3);
+        let err = b.reserve("o/r", 9, three_per_repo, now).unwrap_err();
+        assert!(err.contains("o/r already"), "{err}");
+        assert!(b.reserve("o/s", 9, three_per_repo, now).is_ok());
+        assert!(
+            b.reserve("o/r", 9, three_per_repo, now + MINUTE).is_ok(),
+            "the run of 59 minutes ago expired first"
+        );
     }
 }
 
@@ -665,22 +781,27 @@ impl GithubSettings {
         }))
     }
 
-    /// Builds the webhook side (state file `github.db` in `data_dir`, or in memory) and, when
-    /// the app can authenticate, starts the progress reporter until `shutdown`.
-    pub fn start(
+    /// Builds the webhook side (state file `github.db` in `data_dir`, or in memory) with the
+    /// budgets it recorded and, when the app can authenticate, starts the progress reporter
+    /// until `shutdown`.
+    pub async fn start(
         &self,
         data_dir: Option<&std::path::Path>,
         ctx: Arc<Context>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Arc<WebhookConfig>, String> {
-        let state = match data_dir {
+        let (state, source) = match data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                 let path = dir.join("github.db");
-                StateDb::open(&path).map_err(|e| format!("{}: {e}", path.display()))?
+                let state = StateDb::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                (state, path.display().to_string())
             }
-            None => StateDb::open_in_memory().map_err(|e| e.to_string())?,
+            None => (
+                StateDb::open_in_memory().map_err(|e| e.to_string())?,
+                "in-memory GitHub state".to_string(),
+            ),
         };
         let tracker: Option<Arc<dyn IssueTracker>> = match (&self.app_id, &self.private_key) {
             (Some(id), Some(key)) => Some(Arc::new(
@@ -696,6 +817,7 @@ impl GithubSettings {
             state,
             tracker.clone(),
         ));
+        restore_budget_or_warn(&config, &source).await;
         let interval = config.progress_interval;
         // Runs even without a tracker: it starts the triggers waiting behind finished tasks.
         tokio::spawn(progress::run(
@@ -714,5 +836,22 @@ impl GithubSettings {
             ),
         }
         Ok(config)
+    }
+}
+
+/// A budget that cannot be read back costs only the runs it remembered, not the coordinator:
+/// the rest of `github.db` opened fine, so startup goes on with an empty budget.
+async fn restore_budget_or_warn(config: &WebhookConfig, source: &str) {
+    match config.restore_budget().await {
+        Ok((runs, 0)) => info!(file = source, runs, "GitHub budgets restored"),
+        Ok((runs, skipped)) => {
+            warn!(
+                file = source,
+                runs, skipped, "GitHub budgets restored; unreadable budget rows skipped"
+            )
+        }
+        Err(e) => {
+            warn!(file = source, error = %e, "cannot restore the GitHub budgets; starting with an empty budget")
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The GitHub side's own small record, in its own SQLite file under the data dir: which tasks
-//! came from which issue, their status comment and the last status reported. Survives restarts.
+//! came from which issue, their status comment and the last status reported, the triggers waiting
+//! behind a running task, and the runs that count against the hourly budgets. Survives restarts.
 //!
 //! The connection lives on a [`Worker`] thread (`ao-github-db`): webhook deliveries write here on
 //! their request path, so concurrent writes share one group commit and no runtime thread waits
@@ -10,6 +11,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::sqlite_worker::{Db, Failed, Worker};
+use crate::task::Millis;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tracked {
@@ -72,7 +74,35 @@ CREATE TABLE IF NOT EXISTS deferred (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deferred_issue ON deferred (repository, number, agent_type, id);
+CREATE TABLE IF NOT EXISTS budget_runs (
+    repository TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    started_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS budget_runs_started ON budget_runs (started_at);
 ";
+
+/// A run counted against the hourly budgets: one row per reservation the webhook side kept.
+///
+/// Its own table because neither `tracked` nor `deferred` says which of their rows took a
+/// budget slot, or when: `tracked` also holds the parent nudges (never budgeted) and the
+/// triggers that waited (budgeted when they started waiting, tracked only when they start), and
+/// a waiting trigger dropped by unlabeling leaves `deferred` but keeps its slot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRun {
+    pub repository: String,
+    pub number: u64,
+    pub started_at: Millis,
+}
+
+/// What [`StateDb::budget_runs_since`] could read.
+#[derive(Debug, Default, PartialEq)]
+pub struct RecentRuns {
+    /// Oldest first.
+    pub runs: Vec<BudgetRun>,
+    /// Rows whose values cannot be a run (wrong type, negative issue number).
+    pub skipped: usize,
+}
 
 /// A trigger waiting for the issue's running task of its agent type to finish.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,20 +145,23 @@ impl StateDb {
         self.worker.call(move |db| f(db).map_err(err)).await
     }
 
-    /// Records a task the GitHub side created (a second insert of the same task is a no-op).
+    /// Records a task the GitHub side created without a budget slot of its own (a parent nudge,
+    /// a trigger that waited: its slot was taken when it started waiting). A second insert of
+    /// the same task is a no-op.
     pub async fn insert(&self, t: &Tracked) -> Result<(), StateError> {
         let t = t.clone();
         let now = crate::task::now_ms();
+        self.with(move |db| insert_tracked(db, &t, now)).await
+    }
+
+    /// Records a task a trigger started on the budget: its row and its budget run, in the one
+    /// request the delivery already made.
+    pub async fn insert_budgeted(&self, t: &Tracked) -> Result<(), StateError> {
+        let t = t.clone();
+        let now = crate::task::now_ms();
         self.with(move |db| {
-            db.with(
-                "INSERT OR IGNORE INTO tracked (task_id, repository, number, agent_type, installation_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                |st| {
-                    st.execute(params![t.task_id, t.repository, t.number as i64, t.agent_type,
-                        t.installation_id.map(|i| i as i64), now])
-                },
-            )
-            .map(|_| ())
+            insert_tracked(db, &t, now)?;
+            record_run(db, &t.repository, t.number, now)
         })
         .await
     }
@@ -179,19 +212,50 @@ impl StateDb {
     }
 
     /// Queues a trigger behind the running task; false when the same trigger already waits.
+    /// A new one counts against the budget from now on, as the caller's reservation does.
     pub async fn defer(&self, d: &Deferred) -> Result<bool, StateError> {
         let d = d.clone();
         let now = crate::task::now_ms();
         self.with(move |db| {
-            db.with(
+            let new = db.with(
                 "INSERT OR IGNORE INTO deferred (repository, number, agent_type, installation_id, idempotency_key, payload, priority, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 |st| {
                     st.execute(params![d.repository, d.number as i64, d.agent_type,
                         d.installation_id.map(|i| i as i64), d.idempotency_key, d.payload, d.priority, now])
                 },
-            )
-            .map(|n| n == 1)
+            )? == 1;
+            if new {
+                record_run(db, &d.repository, d.number, now)?;
+            }
+            Ok(new)
+        })
+        .await
+    }
+
+    /// The budget runs started at or after `since`, oldest first (startup only: the budget
+    /// lives in memory while the coordinator runs). Older runs can never count again and are
+    /// deleted on the way; unreadable rows are counted, not returned, so one bad row does not
+    /// cost the rest.
+    pub async fn budget_runs_since(&self, since: Millis) -> Result<RecentRuns, StateError> {
+        self.with(move |db| {
+            db.conn().execute(
+                "DELETE FROM budget_runs WHERE started_at < ?1",
+                params![since],
+            )?;
+            let mut st = db.conn().prepare(
+                "SELECT repository, number, started_at FROM budget_runs
+                 WHERE started_at >= ?1 ORDER BY started_at",
+            )?;
+            let mut rows = st.query(params![since])?;
+            let mut out = RecentRuns::default();
+            while let Some(row) = rows.next()? {
+                match budget_run(row) {
+                    Ok(run) => out.runs.push(run),
+                    Err(_) => out.skipped += 1,
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -297,6 +361,36 @@ impl StateDb {
     }
 }
 
+fn insert_tracked(db: &Db<'_>, t: &Tracked, now: Millis) -> rusqlite::Result<()> {
+    db.with(
+        "INSERT OR IGNORE INTO tracked (task_id, repository, number, agent_type, installation_id, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        |st| {
+            st.execute(params![t.task_id, t.repository, t.number as i64, t.agent_type,
+                t.installation_id.map(|i| i as i64), now])
+        },
+    )
+    .map(|_| ())
+}
+
+fn record_run(db: &Db<'_>, repository: &str, number: u64, now: Millis) -> rusqlite::Result<()> {
+    db.with(
+        "INSERT INTO budget_runs (repository, number, started_at) VALUES (?1, ?2, ?3)",
+        |st| st.execute(params![repository, number as i64, now]),
+    )
+    .map(|_| ())
+}
+
+fn budget_run(row: &rusqlite::Row<'_>) -> rusqlite::Result<BudgetRun> {
+    let number: i64 = row.get(1)?;
+    Ok(BudgetRun {
+        repository: row.get(0)?,
+        number: u64::try_from(number)
+            .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(1, number))?,
+        started_at: row.get(2)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +419,80 @@ mod tests {
         assert_eq!(db.open_for("o/r", 3, "coder").await.unwrap(), vec!["t1"]);
         db.set_reported("t1", "succeeded", true).await.unwrap();
         assert!(db.open_tasks().await.unwrap().is_empty());
+    }
+
+    fn tracked(task_id: &str, number: u64) -> Tracked {
+        Tracked {
+            task_id: task_id.into(),
+            repository: "o/r".into(),
+            number,
+            agent_type: "coder".into(),
+            installation_id: None,
+            comment_id: None,
+            reported: None,
+        }
+    }
+
+    fn waiting(key: &str, number: u64) -> Deferred {
+        Deferred {
+            id: 0,
+            repository: "o/r".into(),
+            number,
+            agent_type: "coder".into(),
+            installation_id: None,
+            idempotency_key: key.into(),
+            payload: "{}".into(),
+            priority: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn budget_runs_are_the_reservations_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("github.db");
+        let db = StateDb::open(&path).unwrap();
+        let start = crate::task::now_ms();
+        // Counted: a task started on the budget, a trigger that starts waiting.
+        db.insert_budgeted(&tracked("t1", 1)).await.unwrap();
+        assert!(db.defer(&waiting("k2", 2)).await.unwrap());
+        // Not counted: the same trigger waiting again, a nudge or a waited trigger starting.
+        assert!(!db.defer(&waiting("k2", 2)).await.unwrap());
+        db.insert(&tracked("t3", 3)).await.unwrap();
+        // Unlabeling drops the waiting trigger, not its slot (the memory keeps it too).
+        assert_eq!(db.drop_deferred("o/r", 2, "coder").await.unwrap(), 1);
+        let recent = db.budget_runs_since(start).await.unwrap();
+        let numbers: Vec<u64> = recent.runs.iter().map(|r| r.number).collect();
+        assert_eq!(numbers, [1, 2]);
+        assert!(recent.runs.iter().all(|r| r.started_at >= start));
+        assert_eq!(recent.skipped, 0);
+    }
+
+    #[tokio::test]
+    async fn old_runs_are_pruned_and_bad_rows_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("github.db");
+        let db = StateDb::open(&path).unwrap();
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "INSERT INTO budget_runs VALUES ('o/r', 1, 500), ('o/r', 2, 1500), ('o/r', 3, 1000),
+                                            ('o/r', -4, 1200), ('o/r', 5, 'yesterday');",
+        )
+        .unwrap();
+        let recent = db.budget_runs_since(1000).await.unwrap();
+        let runs: Vec<(u64, Millis)> = recent
+            .runs
+            .iter()
+            .map(|r| (r.number, r.started_at))
+            .collect();
+        assert_eq!(runs, [(3, 1000), (2, 1500)], "oldest first");
+        assert_eq!(recent.skipped, 2);
+        let left: i64 = raw
+            .query_row(
+                "SELECT count(*) FROM budget_runs WHERE number = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0, "runs older than the window are deleted");
     }
 }
