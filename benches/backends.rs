@@ -7,6 +7,10 @@
 //! `AO_BENCH_CYCLES` (default 2000 SQLite / 300 moto) and `AO_BENCH_WORKERS` (default 8) tune
 //! it. Through moto every call costs milliseconds of Python: the figure measures moto, not
 //! AWS (real SQS/DynamoDB answer in single-digit ms and scale out).
+//!
+//! Then, on DynamoDB, the first page (50) of each listing (`GET /tasks` by agent type, by
+//! status, unfiltered) once `AO_BENCH_LIST_TASKS` (default 1000) more tasks are in the table:
+//! what a status-page view or an API client pays as the table grows.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use agent_orchestrator::queue::sqs::{bootstrap_queues, SqsOptions, SqsQueue};
 use agent_orchestrator::queue::{SqliteBackend, TaskQueue};
 use agent_orchestrator::store::conformance::{moved, sample_task};
 use agent_orchestrator::store::dynamodb::{bootstrap_table, DynamoStore};
-use agent_orchestrator::store::TaskStore;
+use agent_orchestrator::store::{TaskFilter, TaskStore};
 use agent_orchestrator::task::Status;
 
 const AGENT_TYPE: &str = "bench";
@@ -151,11 +155,60 @@ fn main() {
         let queue = Arc::new(SqsQueue::new(&config, &names, SqsOptions::default()));
         measure(
             "sqs + dynamodb (moto)",
-            store,
+            store.clone(),
             queue,
             env_usize("AO_BENCH_CYCLES").unwrap_or(300),
             workers,
         )
         .await;
+        measure_listing(
+            store,
+            env_usize("AO_BENCH_LIST_TASKS").unwrap_or(1000),
+            workers,
+        )
+        .await;
     });
+}
+
+/// Adds `extra` queued tasks, then times first pages of 50 of each listing.
+async fn measure_listing(store: Arc<DynamoStore>, extra: usize, workers: usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let adders = (0..workers.max(1)).map(|_| {
+        let (store, next) = (store.clone(), next.clone());
+        tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < extra {
+                store.create(&sample_task(AGENT_TYPE, None)).await?;
+            }
+            Ok::<(), agent_orchestrator::store::StoreError>(())
+        })
+    });
+    for added in futures::future::join_all(adders).await {
+        if !matches!(added, Ok(Ok(()))) {
+            println!("listing: could not add tasks: {added:?}");
+            return;
+        }
+    }
+    let filters = [
+        ("by agent type", Some(AGENT_TYPE), None),
+        ("by status (queued)", None, Some(Status::Queued)),
+        ("unfiltered", None, None),
+    ];
+    for (name, agent_type, status) in filters {
+        let filter = TaskFilter {
+            status,
+            agent_type: agent_type.map(String::from),
+        };
+        let rounds = 10;
+        let began = Instant::now();
+        for _ in 0..rounds {
+            if let Err(e) = store.list(&filter, 50, None).await {
+                println!("listing {name}: {e}");
+                return;
+            }
+        }
+        println!(
+            "dynamodb (moto) listing {name}, first page of 50 with {extra}+ tasks in the table: {:.1} ms a page",
+            began.elapsed().as_secs_f64() * 1000.0 / rounds as f64
+        );
+    }
 }

@@ -32,7 +32,11 @@ pub mod queue_settings {
 /// Table layout of the module (`dynamodb.tf`).
 pub mod table_layout {
     pub const HASH_KEY: &str = "id";
+    /// `status` + `updated_at`: the scheduler's queries (active, stale queued).
     pub const STATUS_INDEX: &str = "status-index";
+    /// `status` + `id`: listings by status, newest first, paged by id.
+    pub const STATUS_ID_INDEX: &str = "status-id-index";
+    /// `agent_type` + `id`: listings by agent type (and workflows), paged by id.
     pub const AGENT_TYPE_INDEX: &str = "agent-type-index";
     pub const TTL_ATTRIBUTE: &str = "expires_at";
 }

@@ -983,3 +983,70 @@ fn results_sent_to_the_result_queue_land_on_their_tasks() {
     }
     assert_eq!(coordinator.task(&done)["result"], "late");
 }
+
+/// A listing page reads only its own tasks: an unreadable item older than the first page
+/// cannot break it (a listing that read the whole index partition would fail on it), and the
+/// page that holds it names it. Checked on every id-paged listing: by agent type, by status,
+/// and unfiltered.
+#[tokio::test]
+async fn a_listing_page_reads_only_its_own_tasks() {
+    let Some(url) = moto("list-pages") else {
+        return;
+    };
+    let config = config_for(&url).await;
+    let store = dynamo_for(&config).await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    within(async {
+        use aws_sdk_dynamodb::types::AttributeValue::{N, S};
+        // Older than every real task (UUIDv7 ids grow with time), queued, no readable body.
+        let broken = "00000000-0000-7000-8000-000000000000";
+        client
+            .put_item()
+            .table_name(store.table())
+            .item("id", S(broken.into()))
+            .item("status", S("queued".into()))
+            .item("agent_type", S("lister".into()))
+            .item("updated_at", N("1".into()))
+            .item("version", N("1".into()))
+            .item("body", S("{not json".into()))
+            .send()
+            .await
+            .expect("put the broken item");
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let task = sample_task("lister", None);
+            assert!(matches!(
+                store.create(&task).await.expect("create"),
+                Created::New(_)
+            ));
+            ids.push(task.id);
+        }
+        ids.reverse();
+        let filters = [
+            agent_orchestrator::store::TaskFilter {
+                status: None,
+                agent_type: Some("lister".into()),
+            },
+            agent_orchestrator::store::TaskFilter {
+                status: Some(agent_orchestrator::task::Status::Queued),
+                agent_type: None,
+            },
+            agent_orchestrator::store::TaskFilter::default(),
+        ];
+        for filter in &filters {
+            let first = store.list(filter, 3, None).await.unwrap_or_else(|e| {
+                panic!("{filter:?}: the newest page does not touch the old item: {e}")
+            });
+            let got: Vec<&str> = first.tasks.iter().map(|t| t.id.as_str()).collect();
+            assert_eq!(got, ids[..3], "{filter:?}");
+            let cursor = first.next_cursor.expect("a second page");
+            match store.list(filter, 3, Some(&cursor)).await {
+                Err(StoreError::Unavailable { message }) => {
+                    assert!(message.contains("corrupt task item"), "{message}")
+                }
+                other => panic!("{filter:?}: the page holding the broken item: {other:?}"),
+            }
+        }
+    })
+    .await;
+}

@@ -860,7 +860,8 @@ fn the_task_table_has_its_keys_indexes_ttl_and_backups() {
         indexes,
         BTreeMap::from([
             ("status-index", ("status", "updated_at")),
-            ("agent-type-index", ("agent_type", "updated_at"))
+            ("status-id-index", ("status", "id")),
+            ("agent-type-index", ("agent_type", "id"))
         ])
     );
     let pitr = blocks(table, "point_in_time_recovery")

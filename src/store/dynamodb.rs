@@ -24,14 +24,13 @@
 //!   status IN (<legal predecessors of the new status, and itself>)`; a failed condition is
 //!   `Conflict` if the task exists (read back, strongly consistent) and `NotFound` otherwise.
 //! - `get`: strongly consistent GetItem.
-//! - `list`: by agent type on `agent-type-index` (status as a filter), by status on
-//!   `status-index`, unfiltered by Scan. Both GSIs sort by `updated_at`, but the trait pages
-//!   newest first *by id* (UUIDv7, creation order) with stable cursors while tasks keep
-//!   changing, which `updated_at` order cannot give. So `list` reads the whole partition of the
-//!   index, sorts by id and pages from there; the cursor is base64 of `d1:<last id>`, not a
-//!   `LastEvaluatedKey`. That costs one read of every task of the type (or status) per page:
-//!   fine for the ledger sizes the coordinator holds (terminal tasks expire by TTL), and the
-//!   place to change (an index sorted by id) if listings get large.
+//! - `list`: pages newest first *by id* (UUIDv7, creation order), which stays stable while
+//!   tasks keep changing (an `updated_at` order would not), on the GSIs ranged by `id`: by
+//!   agent type on `agent-type-index` (status as a filter), by status on `status-id-index`,
+//!   and unfiltered as the newest of every status's partition merged. Each is a Query
+//!   `id < <cursor>`, descending, limited to a page plus one, so a page reads its own tasks
+//!   (and, with both filters, the other statuses' tasks between them), never the whole
+//!   partition. The cursor is the trait's (`t1:<last id>`), not a `LastEvaluatedKey`.
 //! - `active`: Query `status-index` for `dispatched` and `running`, filtered by agent type.
 //! - `stale_queued`: Query `status-index` for `queued` with `updated_at < before`, oldest first,
 //!   filtered by agent type.
@@ -57,6 +56,7 @@ use aws_sdk_dynamodb::types::{
     TimeToLiveSpecification, TransactWriteItem,
 };
 use aws_sdk_dynamodb::Client;
+use futures::future::join_all;
 use tracing::{debug, info};
 
 use crate::aws::{describe, dynamodb_failure, is_condition_failed, table_layout};
@@ -353,6 +353,60 @@ impl DynamoStore {
             .map_err(|e| sdk_err("Query", &self.table, &e))
     }
 
+    /// Up to `want` tasks of one partition of an id-ranged index (`hash_attr = value`), newest
+    /// id first, ids below `after` only, with `status` as a filter. Reads only what it returns
+    /// (plus what the status filter skips): `Limit` counts items before the filter, so it goes
+    /// on until it has `want` or the partition ends.
+    async fn newest(
+        &self,
+        index: &str,
+        (hash_attr, value): (&str, &str),
+        status: Option<Status>,
+        after: Option<&str>,
+        want: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        let condition = if after.is_some() {
+            "#h = :h AND #id < :after"
+        } else {
+            "#h = :h"
+        };
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let mut request = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression(condition)
+                .expression_attribute_names("#h", hash_attr)
+                .expression_attribute_values(":h", s(value))
+                .scan_index_forward(false)
+                .limit(i32::try_from(want - out.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take());
+            if let Some(after) = after {
+                request = request
+                    .expression_attribute_names("#id", table_layout::HASH_KEY)
+                    .expression_attribute_values(":after", s(after));
+            }
+            if let Some(status) = status {
+                request = request
+                    .filter_expression("#st = :s")
+                    .expression_attribute_names("#st", "status")
+                    .expression_attribute_values(":s", s(status.as_str()));
+            }
+            let answer = request
+                .send()
+                .await
+                .map_err(|e| sdk_err("Query", &self.table, &e))?;
+            out.extend(decode_all(answer.items())?);
+            start = answer.last_evaluated_key().cloned();
+            if out.len() >= want || start.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
     async fn scan_tasks(&self, projection: Option<&str>) -> Result<Vec<Item>, StoreError> {
         let mut request = self
             .client
@@ -439,42 +493,36 @@ impl TaskStore for DynamoStore {
     ) -> Result<Page, StoreError> {
         let limit = limit.clamp(1, MAX_PAGE);
         let after = cursor.map(decode_cursor).transpose()?;
-        let items = match (&filter.agent_type, filter.status) {
+        let after = after.as_deref();
+        // One more than a page tells whether another page follows.
+        let want = limit + 1;
+        let mut tasks = match (&filter.agent_type, filter.status) {
             (Some(agent_type), status) => {
-                let mut values = vec![(":a", s(agent_type))];
-                let mut names = vec![("#at", "agent_type")];
-                let filter_expr = status.map(|st| {
-                    values.push((":s", s(st.as_str())));
-                    names.push(("#st", "status"));
-                    "#st = :s"
-                });
-                self.query_index(
-                    table_layout::AGENT_TYPE_INDEX,
-                    "#at = :a",
-                    filter_expr,
-                    &names,
-                    &values,
-                )
-                .await?
+                let partition = ("agent_type", agent_type.as_str());
+                let index = table_layout::AGENT_TYPE_INDEX;
+                self.newest(index, partition, status, after, want).await?
             }
             (None, Some(status)) => {
-                self.query_index(
-                    table_layout::STATUS_INDEX,
-                    "#st = :s",
-                    None,
-                    &[("#st", "status")],
-                    &[(":s", s(status.as_str()))],
-                )
-                .await?
+                let partition = ("status", status.as_str());
+                let index = table_layout::STATUS_ID_INDEX;
+                self.newest(index, partition, None, after, want).await?
             }
-            (None, None) => self.scan_tasks(None).await?,
+            (None, None) => {
+                // Every task has one status: the newest of all are the newest of each status.
+                let pages = Status::ALL.iter().map(|status| {
+                    let partition = ("status", status.as_str());
+                    self.newest(table_layout::STATUS_ID_INDEX, partition, None, after, want)
+                });
+                let mut all = Vec::new();
+                for page in join_all(pages).await {
+                    all.extend(page?);
+                }
+                all
+            }
         };
-        let mut tasks = decode_all(&items)?;
         tasks.sort_by(|a, b| b.id.cmp(&a.id));
+        // A task that changed status between two of the reads shows up once.
         tasks.dedup_by(|a, b| a.id == b.id);
-        if let Some(after) = &after {
-            tasks.retain(|t| t.id < *after);
-        }
         let next_cursor = if tasks.len() > limit {
             tasks.truncate(limit);
             tasks.last().map(|t| encode_cursor(&t.id))
@@ -572,7 +620,8 @@ impl TaskStore for DynamoStore {
 }
 
 /// `serve --bootstrap`, table half: creates the task table with the module's key, GSIs
-/// (`status-index`, `agent-type-index`, both ranged by `updated_at`, projecting everything),
+/// (`status-index` ranged by `updated_at`, `status-id-index` and `agent-type-index` ranged by
+/// `id`, all projecting everything),
 /// on-demand billing and TTL on `expires_at`, unless it exists.
 pub async fn bootstrap_table(client: &Client, table: &str) -> Result<(), String> {
     match client.describe_table().table_name(table).send().await {
@@ -597,11 +646,11 @@ pub async fn bootstrap_table(client: &Client, table: &str) -> Result<(), String>
             .build()
             .map_err(|e| e.to_string())
     };
-    let gsi = |name: &str, hash: &str| -> Result<GlobalSecondaryIndex, String> {
+    let gsi = |name: &str, hash: &str, range: &str| -> Result<GlobalSecondaryIndex, String> {
         GlobalSecondaryIndex::builder()
             .index_name(name)
             .key_schema(key(hash, KeyType::Hash)?)
-            .key_schema(key("updated_at", KeyType::Range)?)
+            .key_schema(key(range, KeyType::Range)?)
             .projection(
                 Projection::builder()
                     .projection_type(ProjectionType::All)
@@ -619,8 +668,9 @@ pub async fn bootstrap_table(client: &Client, table: &str) -> Result<(), String>
         .attribute_definitions(attribute("agent_type", ScalarAttributeType::S)?)
         .attribute_definitions(attribute("updated_at", ScalarAttributeType::N)?)
         .key_schema(key(table_layout::HASH_KEY, KeyType::Hash)?)
-        .global_secondary_indexes(gsi(table_layout::STATUS_INDEX, "status")?)
-        .global_secondary_indexes(gsi(table_layout::AGENT_TYPE_INDEX, "agent_type")?)
+        .global_secondary_indexes(gsi(table_layout::STATUS_INDEX, "status", "updated_at")?)
+        .global_secondary_indexes(gsi(table_layout::STATUS_ID_INDEX, "status", "id")?)
+        .global_secondary_indexes(gsi(table_layout::AGENT_TYPE_INDEX, "agent_type", "id")?)
         .send()
         .await;
     match created {

@@ -17,8 +17,8 @@
 //! - `get`: strongly consistent GetItem.
 //! - `update`: PutItem conditional on `version = :expected`; a failed condition is `Conflict`
 //!   when the workflow exists (read back) and `NotFound` otherwise.
-//! - `list_open` / `list_recent`: Query `agent-type-index` for [`PARTITION`] (`open` as a filter
-//!   for the first), sorted by id (UUIDv7: creation order). GSI reads are eventually consistent
+//! - `list_open` / `list_recent`: Query `agent-type-index` (ranged by id, UUIDv7: creation
+//!   order) for [`PARTITION`]: every open one (`open` as a filter), or the newest `limit`. GSI reads are eventually consistent
 //!   on the real service: a workflow created a moment ago may be missing from a listing, never
 //!   from `get`; the engine picks it up on its next pass.
 
@@ -224,10 +224,29 @@ impl WorkflowStore for DynamoWorkflowStore {
     }
 
     async fn list_recent(&self, limit: usize) -> Result<Vec<Workflow>, WorkflowStoreError> {
-        let mut all = self.query(false).await?;
-        all.reverse();
-        all.truncate(limit.clamp(1, MAX_LIST));
-        Ok(all)
+        // The index is ranged by id (creation order): the newest are its last items.
+        let limit = limit.clamp(1, MAX_LIST);
+        let answer = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(table_layout::AGENT_TYPE_INDEX)
+            .key_condition_expression("#at = :p")
+            .expression_attribute_names("#at", "agent_type")
+            .expression_attribute_values(":p", AttributeValue::S(PARTITION.into()))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| sdk_err("Query", &self.table, &e))?;
+        let mut recent = answer
+            .items()
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Eventually consistent reads may interleave; the trait promises newest first.
+        recent.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(recent)
     }
 
     async fn list_open(&self) -> Result<Vec<Workflow>, WorkflowStoreError> {

@@ -1,5 +1,5 @@
 # The task store: one item per task, keyed by `id`. `updated_at` is a number (Unix epoch
-# milliseconds) so both indexes list tasks in the order they last changed; `expires_at` (Unix
+# milliseconds) so `status-index` lists tasks in the order they last changed; `expires_at` (Unix
 # epoch seconds) lets DynamoDB delete finished tasks. Encrypted at rest with the AWS-owned key
 # (DynamoDB's default; a customer-managed key would also need kms permissions for the roles).
 
@@ -28,8 +28,8 @@ resource "aws_dynamodb_table" "tasks" {
     type = "N"
   }
 
-  # The coordinator's queries: tasks by status (scheduler, `GET /tasks?status=`) and by agent
-  # type (`GET /tasks?agent_type=`, `GET /agents`), most recently changed last.
+  # The scheduler's queries: tasks by status, in the order they last changed (what is active,
+  # what sat queued too long).
   global_secondary_index {
     name            = "status-index"
     hash_key        = "status"
@@ -37,10 +37,19 @@ resource "aws_dynamodb_table" "tasks" {
     projection_type = "ALL"
   }
 
+  # Listings (`GET /tasks?status=`, `?agent_type=`, the status page, workflows), newest first
+  # and paged by id (UUIDv7, creation order): a page reads only its own tasks.
+  global_secondary_index {
+    name            = "status-id-index"
+    hash_key        = "status"
+    range_key       = "id"
+    projection_type = "ALL"
+  }
+
   global_secondary_index {
     name            = "agent-type-index"
     hash_key        = "agent_type"
-    range_key       = "updated_at"
+    range_key       = "id"
     projection_type = "ALL"
   }
 

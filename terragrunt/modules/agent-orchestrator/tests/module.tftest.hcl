@@ -74,9 +74,10 @@ run "task_table" {
   assert {
     condition = { for index in aws_dynamodb_table.tasks.global_secondary_index : index.name => [index.hash_key, index.range_key, index.projection_type] } == {
       "status-index"     = ["status", "updated_at", "ALL"]
-      "agent-type-index" = ["agent_type", "updated_at", "ALL"]
+      "status-id-index"  = ["status", "id", "ALL"]
+      "agent-type-index" = ["agent_type", "id", "ALL"]
     }
-    error_message = "GSIs status-index (status, updated_at) and agent-type-index (agent_type, updated_at)."
+    error_message = "GSIs status-index (status, updated_at), status-id-index (status, id) and agent-type-index (agent_type, id)."
   }
 }
 
@@ -89,7 +90,7 @@ run "coordinator_policy" {
   }
   assert {
     condition = toset(flatten([for s in data.aws_iam_policy_document.coordinator.statement : s.resources if anytrue([for a in s.actions : startswith(a, "dynamodb:")])])) == toset([
-      aws_dynamodb_table.tasks.arn, "${aws_dynamodb_table.tasks.arn}/index/status-index", "${aws_dynamodb_table.tasks.arn}/index/agent-type-index"
+      aws_dynamodb_table.tasks.arn, "${aws_dynamodb_table.tasks.arn}/index/status-index", "${aws_dynamodb_table.tasks.arn}/index/status-id-index", "${aws_dynamodb_table.tasks.arn}/index/agent-type-index"
     ])
     error_message = "The coordinator's DynamoDB permissions cover exactly the task table and its indexes."
   }
