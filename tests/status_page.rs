@@ -226,6 +226,41 @@ fn with_an_api_token_the_page_asks_for_it_and_takes_basic_auth() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 
+    // The page's links open in the same browser: reads take the Basic password too...
+    let r = client
+        .post(format!("{}/tasks", c.base))
+        .bearer_auth("s3cret")
+        .json(&serde_json::json!({"agent_type": "echo", "payload": {}}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let id = r.json::<serde_json::Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = client
+        .get(format!("{}/tasks/{id}", c.base))
+        .basic_auth("operator", Some("s3cret"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client
+        .get(format!("{}/tasks/{id}", c.base))
+        .basic_auth("operator", Some("wrong"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // ...but writes never do (a browser attaches them to other sites' requests as well).
+    for write in [
+        client
+            .post(format!("{}/tasks", c.base))
+            .json(&serde_json::json!({"agent_type": "echo"})),
+        client.post(format!("{}/tasks/{id}/cancel", c.base)),
+    ] {
+        let r = write.basic_auth("operator", Some("s3cret")).send().unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+    }
+
     // The workflow API sits behind the token like /tasks.
     let r = client.get(format!("{}/workflows", c.base)).send().unwrap();
     assert_eq!(r.status().as_u16(), 401);

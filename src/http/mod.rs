@@ -11,10 +11,12 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use base64::Engine as _;
 
 pub use error::ApiError;
 
@@ -51,22 +53,36 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The bearer token, or — on reads only — the token as the HTTP Basic password, which the
+/// browser sends on its own for the status page's links (`/tasks/<id>`, `/workflows/<id>`)
+/// once the page asked for it. Never for writes: a browser also attaches cached Basic
+/// credentials to requests other sites make it send, so a write on Basic would be cross-site
+/// request forgery waiting to happen.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(expected) = state.api_token.as_deref() else {
         return next.run(request).await;
     };
-    let given = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
+    let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
+    match presented_token(request.headers(), read_only) {
         None => ApiError::Unauthorized.into_response(),
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
-            next.run(request).await
-        }
+        Some(token) if constant_time_eq(&token, expected.as_bytes()) => next.run(request).await,
         Some(_) => ApiError::Forbidden.into_response(),
     }
+}
+
+/// The token a request presents: `Authorization: Bearer <token>`, or with `basic` the
+/// password of `Authorization: Basic` (any user name).
+pub(crate) fn presented_token(headers: &HeaderMap, basic: bool) -> Option<Vec<u8>> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(token.as_bytes().to_vec());
+    }
+    let encoded = value.strip_prefix("Basic ").filter(|_| basic)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 /// Compares secrets without leaking where they differ through timing.

@@ -12,7 +12,8 @@
 //! The page shows what `GET /tasks` shows, so when the API has a token the page wants it too —
 //! an open page would leak what the token protects. Browsers cannot send a bearer header from
 //! the address bar, so the page also takes the token as the password of HTTP Basic auth (any
-//! user name) and answers 401 with `WWW-Authenticate: Basic` so the browser asks for it.
+//! user name) and answers 401 with `WWW-Authenticate: Basic` so the browser asks for it; the
+//! API's read routes take it too, so the page's links open in the same browser.
 //! Without a configured token (the embedded default on loopback) it is open, like the API.
 
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use axum::extract::{Query, Request, State};
-use axum::http::header::{self, AUTHORIZATION};
+use axum::http::header;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -30,7 +31,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::Digest as _;
 
-use super::{constant_time_eq, AppState};
+use super::{constant_time_eq, presented_token, AppState};
 use crate::store::TaskFilter;
 use crate::task::{now_ms, Millis, Task};
 use crate::workflow::{Workflow, Workflows};
@@ -53,21 +54,7 @@ async fn page_auth(State(state): State<AppState>, request: Request, next: Next) 
     let Some(expected) = state.api_token.as_deref() else {
         return next.run(request).await;
     };
-    let given = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            if let Some(token) = v.strip_prefix("Bearer ") {
-                return Some(token.as_bytes().to_vec());
-            }
-            let encoded = v.strip_prefix("Basic ")?;
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(encoded.trim())
-                .ok()?;
-            let colon = decoded.iter().position(|&b| b == b':')?;
-            Some(decoded[colon + 1..].to_vec())
-        });
+    let given = presented_token(request.headers(), true);
     if given.is_some_and(|g| constant_time_eq(&g, expected.as_bytes())) {
         return next.run(request).await;
     }
