@@ -19,10 +19,12 @@
 //!   successful attempt's;
 //! - a body that is not such a report, a task that does not exist, or an attempt that was never
 //!   dispatched goes to the dead-letter queue with the reason, and nothing else is affected;
-//! - when the store is unavailable (or a compare-and-set keeps losing) the message is left
-//!   alone and comes back after its visibility timeout; after [`MAX_RECEIVES`] receptions it
-//!   goes to the dead-letter queue with the last reason, so a result nobody can store does not
-//!   circle forever.
+//! - when the store cannot be reached the message is left alone and comes back after its
+//!   visibility timeout, for as long as the queue keeps it (an outage delays, loses nothing);
+//! - when the store answers but the write keeps failing (a result too large for the item, a
+//!   compare-and-set that keeps losing), it also comes back, and after [`MAX_RECEIVES`]
+//!   receptions goes to the dead-letter queue with the last reason, so a result nobody can
+//!   store does not circle for days.
 //!
 //! Which queue it is stays behind [`ResultQueue`] (`queue/sqs.rs` implements it); the
 //! embedded deployment has none, its local executor reads `AO_RESULT_FILE` itself.
@@ -113,8 +115,30 @@ pub enum Verdict {
     Dropped(String),
     /// Can never be recorded (dead-letter queue): why.
     Rejected(String),
-    /// Could not be recorded now (left for a later reception): why.
+    /// The store answered but the write failed (left for a later reception): why.
     Later(String),
+    /// The store could not be reached (left for a later reception, however many): why.
+    Unreachable(String),
+}
+
+/// What to do with a message once its report was judged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    Ack,
+    DeadLetter(String),
+    Leave,
+}
+
+/// How a message ends after `verdict`, on its `receive_count`th reception.
+pub fn settle(verdict: &Verdict, receive_count: u32) -> Settle {
+    match verdict {
+        Verdict::Recorded | Verdict::Unchanged | Verdict::Dropped(_) => Settle::Ack,
+        Verdict::Rejected(reason) => Settle::DeadLetter(reason.clone()),
+        Verdict::Later(reason) if receive_count >= MAX_RECEIVES => Settle::DeadLetter(format!(
+            "not recorded after {receive_count} receptions: {reason}"
+        )),
+        Verdict::Later(_) | Verdict::Unreachable(_) => Settle::Leave,
+    }
 }
 
 /// Whether `report` belongs on `task` as it is now; `None` means write it.
@@ -154,7 +178,7 @@ pub async fn record(store: &dyn TaskStore, fence: u64, report: &Report) -> Verdi
             Ok(None) => {
                 return Verdict::Rejected(format!("there is no task {}", report.task_id));
             }
-            Err(e) => return Verdict::Later(e.to_string()),
+            Err(e) => return Verdict::Unreachable(e.to_string()),
         };
         if let Some(verdict) = judge(&task, report) {
             return verdict;
@@ -235,36 +259,28 @@ async fn handle(ctx: &Context, queue: &dyn ResultQueue, delivery: Delivery) {
         Err(reason) => return queue.dead_letter(&delivery, &reason).await,
     };
     let (task_id, attempt) = (report.task_id.as_str(), report.attempt);
-    let settled = match record(ctx.store.as_ref(), ctx.fence(), &report).await {
+    let verdict = record(ctx.store.as_ref(), ctx.fence(), &report).await;
+    match &verdict {
         Verdict::Recorded => {
-            info!(%task_id, attempt, message_id, "recorded an agent's result from the result queue");
-            true
+            info!(%task_id, attempt, message_id, "recorded an agent's result from the result queue")
         }
-        Verdict::Unchanged => {
-            debug!(%task_id, attempt, message_id, "result already recorded");
-            true
-        }
+        Verdict::Unchanged => debug!(%task_id, attempt, message_id, "result already recorded"),
         Verdict::Dropped(reason) => {
-            info!(%task_id, attempt, message_id, %reason, "agent's result not kept");
-            true
+            info!(%task_id, attempt, message_id, %reason, "agent's result not kept")
         }
-        Verdict::Rejected(reason) => return queue.dead_letter(&delivery, &reason).await,
-        Verdict::Later(reason) if delivery.receive_count >= MAX_RECEIVES => {
-            let reason = format!(
-                "not recorded after {} receptions: {reason}",
-                delivery.receive_count
-            );
-            return queue.dead_letter(&delivery, &reason).await;
+        Verdict::Rejected(_) => {}
+        Verdict::Later(reason) | Verdict::Unreachable(reason) => {
+            warn!(%task_id, attempt, message_id, %reason, receptions = delivery.receive_count, "cannot record an agent's result now; it comes back after its visibility timeout")
         }
-        Verdict::Later(reason) => {
-            warn!(%task_id, attempt, message_id, %reason, "cannot record an agent's result now; it comes back after its visibility timeout");
-            false
+    }
+    match settle(&verdict, delivery.receive_count) {
+        Settle::Ack => {
+            if let Err(e) = queue.ack(&delivery.receipt).await {
+                warn!(%task_id, message_id, error = %e, "could not delete a settled result; it is judged again when it comes back");
+            }
         }
-    };
-    if settled {
-        if let Err(e) = queue.ack(&delivery.receipt).await {
-            warn!(%task_id, message_id, error = %e, "could not delete a recorded result; it is judged again when it comes back");
-        }
+        Settle::DeadLetter(reason) => queue.dead_letter(&delivery, &reason).await,
+        Settle::Leave => {}
     }
 }
 
@@ -375,6 +391,25 @@ mod tests {
         assert_eq!(
             judge(&task, &report(&task, 1, result)),
             Some(Verdict::Unchanged)
+        );
+    }
+
+    #[test]
+    fn an_outage_never_sends_a_result_to_the_dead_letter_queue() {
+        let down = Verdict::Unreachable("task store unavailable".into());
+        assert_eq!(settle(&down, 1), Settle::Leave);
+        assert_eq!(settle(&down, 1000), Settle::Leave);
+        let failing = Verdict::Later("item too large".into());
+        assert_eq!(settle(&failing, MAX_RECEIVES - 1), Settle::Leave);
+        assert!(matches!(
+            settle(&failing, MAX_RECEIVES),
+            Settle::DeadLetter(r) if r.contains("item too large")
+        ));
+        assert_eq!(settle(&Verdict::Recorded, 1), Settle::Ack);
+        assert_eq!(settle(&Verdict::Dropped("old".into()), 1), Settle::Ack);
+        assert_eq!(
+            settle(&Verdict::Rejected("no task".into()), 1),
+            Settle::DeadLetter("no task".into())
         );
     }
 
