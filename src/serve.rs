@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::source::{Node, Value};
 use crate::config::{self, units, Inputs};
-use crate::executor::local::{LocalExecutor, LocalExecutorConfig};
+use crate::executor::local::{retention, LocalExecutor, LocalExecutorConfig};
 use crate::executor::Executor;
 use crate::http::{self, AppState};
 use crate::queue::TaskQueue;
@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// First retry delay after a failed attempt, doubling per attempt [default: 1s].
     #[arg(long, env = "AO_RETRY_BASE")]
     pub retry_base: Option<String>,
+    /// Local executor: remove finished attempts' run directories (and their logs) this long
+    /// after they ended, e.g. 12h or 30d; at least 1m; 0 or off keeps them [default: 7d].
+    #[arg(long, env = "AO_RUNS_RETENTION")]
+    pub runs_retention: Option<String>,
     /// Log format [default: json].
     #[arg(long, env = "AO_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -142,6 +146,9 @@ pub struct ServeSettings {
     pub github: Option<crate::github::GithubSettings>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// How long the local executor's finished run directories are kept; `None`: forever
+    /// (see [`retention`]).
+    pub runs_retention: Option<Duration>,
     pub scheduler: Settings,
     pub log_format: LogFormat,
 }
@@ -255,6 +262,7 @@ impl ServeSettings {
                 "shutdown-grace",
                 Duration::from_secs(10),
             )?,
+            runs_retention: runs_retention(&args.runs_retention, &merged.runs_retention)?,
             scheduler,
             log_format: args
                 .log_format
@@ -279,6 +287,18 @@ impl ServeSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// `--runs-retention`, from the flag (or environment) or the config file, else the default.
+fn runs_retention(
+    flag: &Option<String>,
+    file: &Option<String>,
+) -> Result<Option<Duration>, ServeConfigError> {
+    match flag.as_ref().or(file.as_ref()) {
+        None => Ok(Some(retention::DEFAULT_RETENTION)),
+        Some(text) => retention::parse_retention(text)
+            .map_err(|e| ServeConfigError(format!("--runs-retention: {e}"))),
     }
 }
 
@@ -371,6 +391,7 @@ fn serve_block(root: &Node, file: &str) -> Result<ServeArgs, ServeConfigError> {
             }
             "shutdown_grace" => args.shutdown_grace = Some(text),
             "retry_base" => args.retry_base = Some(text),
+            "runs_retention" => args.runs_retention = Some(text),
             "nomad_job_dir" => args.nomad_job_dir = Some(text.into()),
             "log_format" => {
                 args.log_format =
@@ -423,6 +444,8 @@ struct Backends {
     workflows: Arc<dyn WorkflowStore>,
     /// Where agents under Nomad report their results (`--queue sqs`); none embedded.
     results: Option<Arc<dyn ResultQueue>>,
+    /// The local executor's run directories (whose retention `run` enforces); none for Nomad.
+    runs_root: Option<PathBuf>,
     /// Keeps the data dir's single-instance lock for the process lifetime.
     _instance_lock: Option<std::fs::File>,
 }
@@ -476,13 +499,14 @@ async fn build_backends(
         (QueueKind::Sqs, _, Some(queue)) => queue,
         _ => return Err(unavailable("this --queue")),
     };
+    let mut runs_root = None;
     let executor: Arc<dyn Executor> = match settings.executor {
         ExecutorKind::Local => {
             let config = LocalExecutorConfig::new(settings.data_dir.join("runs"));
-            Arc::new(
-                LocalExecutor::new(config, notifier)
-                    .map_err(|e| ServeError::Runtime(e.to_string()))?,
-            )
+            let local = LocalExecutor::new(config, notifier)
+                .map_err(|e| ServeError::Runtime(e.to_string()))?;
+            runs_root = Some(local.config().runs_root.clone());
+            Arc::new(local)
         }
         ExecutorKind::Nomad => {
             use crate::executor::nomad::client::NomadClientConfig;
@@ -514,6 +538,7 @@ async fn build_backends(
         executor,
         workflows,
         results,
+        runs_root,
         _instance_lock: instance_lock,
     })
 }
@@ -658,6 +683,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
     let shutdown = shutdown_signal();
     let (notifier, changes) = mpsc::unbounded_channel();
     let backends = build_backends(&settings, notifier).await?;
+    let runs_store = backends.store.clone();
     let ctx = Context::new(
         backends.store,
         backends.queue,
@@ -728,6 +754,15 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
             shutdown_rx.clone(),
         ))
     });
+    // Removes old run directories, asking the task store which attempts are over.
+    let pruner = backends.runs_root.clone().map(|root| {
+        tokio::spawn(retention::run(
+            root,
+            settings.runs_retention,
+            runs_store,
+            shutdown_rx.clone(),
+        ))
+    });
     let mut scheduler = tokio::spawn(scheduler::run(ctx.clone(), changes, shutdown_rx));
     info!(listen = %settings.listen, metrics_listen = %settings.metrics_listen, data_dir = %settings.data_dir.display(),
         agent_types = ?settings.inputs.agent_types.keys().collect::<Vec<_>>(), "coordinator started");
@@ -759,6 +794,10 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         .is_err()
     {
         warn!("workflow engine did not stop in time");
+    }
+    if let Some(pruner) = pruner {
+        // Between two removals; one cut short by the exit is finished at the next start.
+        pruner.abort();
     }
     if let Some(consumer) = result_consumer {
         // It stops at once: a result received and not yet recorded comes back later.
@@ -914,4 +953,45 @@ pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::Worker
         LogFormat::Text => builder.try_init(),
     };
     guard
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: ServeArgs) -> Result<ServeSettings, ServeConfigError> {
+        ServeSettings::resolve(&args)
+    }
+
+    #[test]
+    fn runs_retention_resolves_flag_over_file_over_default() {
+        let day = Duration::from_secs(86400);
+        let default = resolve(ServeArgs::default()).unwrap();
+        assert_eq!(default.runs_retention, Some(7 * day));
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("serve.hcl");
+        std::fs::write(&config, "serve = {\n  runs_retention = \"30d\"\n}\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(config.clone()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(resolve(from_file).unwrap().runs_retention, Some(30 * day));
+        let flag_wins = ServeArgs {
+            config: Some(config),
+            runs_retention: Some("off".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(resolve(flag_wins).unwrap().runs_retention, None);
+
+        let too_short = ServeArgs {
+            runs_retention: Some("10s".into()),
+            ..ServeArgs::default()
+        };
+        let error = resolve(too_short).unwrap_err().to_string();
+        assert!(
+            error.starts_with("--runs-retention: `10s` is shorter than the minimum"),
+            "{error}"
+        );
+    }
 }

@@ -536,3 +536,95 @@ fn submit_command_waits_and_prints_the_finished_task() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown agent type"));
 }
+
+/// `--runs-retention`: at start, the run directory of a task settled long ago goes, while the
+/// one of an attempt that ended while the coordinator was down (the store still says `running`)
+/// stays until its end is recorded, and that attempt is not run again.
+#[test]
+fn old_run_directories_go_once_settled_and_an_unrecorded_end_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.log");
+    let gate = dir.path().join("go");
+    let fast = logging_script(&log, "echo '{\"fast\": 1}' > \"$AO_RESULT_FILE\"");
+    let wait = format!(
+        "while [ ! -e {} ]; do sleep 0.02; done; echo '{{\"slow\": 2}}' > \"$AO_RESULT_FILE\"",
+        gate.display()
+    );
+    let slow = logging_script(&log, &wait);
+    let inputs = shell_inputs(dir.path(), &[("fast", 1, &fast), ("slow", 1, &slow)]);
+    let both_types = std::fs::read(&inputs).unwrap();
+    let mut coordinator = Coordinator::start(
+        dir.path(),
+        &[
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--runs-retention",
+            "1h",
+        ],
+    );
+    let runs = coordinator.data_dir.join("runs");
+
+    let (_, settled) = coordinator.submit(json!({"agent_type": "fast", "payload": {}}));
+    let settled = settled["id"].as_str().unwrap().to_string();
+    let task = coordinator.wait_terminal(&settled, Duration::from_secs(30));
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let (_, pending) = coordinator.submit(json!({"agent_type": "slow", "payload": {}}));
+    let pending = pending["id"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(30), "the slow task runs", || {
+        coordinator.task(&pending)["status"] == "running"
+    });
+
+    // The coordinator dies; the slow agent finishes while it is down.
+    coordinator.kill9();
+    std::fs::write(&gate, "").unwrap();
+    let pending_dir = runs.join(&pending).join("1");
+    wait_for(Duration::from_secs(30), "the slow attempt ends", || {
+        pending_dir.join("exit.json").exists()
+    });
+    // Both attempts ended two hours ago, longer than the retention.
+    for run_dir in [runs.join(&settled).join("1"), pending_dir.clone()] {
+        let exit = run_dir.join("exit.json");
+        let mut record: Value = serde_json::from_slice(&std::fs::read(&exit).unwrap()).unwrap();
+        record["finished_at"] = json!(record["finished_at"].as_i64().unwrap() - 2 * 3600 * 1000);
+        std::fs::write(&exit, serde_json::to_vec(&record).unwrap()).unwrap();
+    }
+
+    // First without the slow type, so nothing can record the slow attempt's end before the
+    // start-up pass has decided about its directory.
+    shell_inputs(dir.path(), &[("fast", 1, &fast)]);
+    coordinator.restart();
+    wait_for(Duration::from_secs(30), "a prune pass", || {
+        coordinator
+            .log_text()
+            .contains("removed run directories older than the retention")
+    });
+    assert!(
+        !runs.join(&settled).exists(),
+        "the settled task's run dir stayed"
+    );
+    assert!(
+        pending_dir.join("result.json").exists(),
+        "the unrecorded attempt lost its run dir"
+    );
+    assert_eq!(coordinator.task(&pending)["status"], "running");
+
+    std::fs::write(&inputs, both_types).unwrap();
+    coordinator.restart();
+    let task = coordinator.wait_terminal(&pending, Duration::from_secs(30));
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["result"], json!({"slow": 2}), "{task}");
+    assert_eq!(task["attempts"].as_array().unwrap().len(), 1, "{task}");
+    let starts = read_events(&log)
+        .iter()
+        .filter(|e| e.start && e.task_id == pending)
+        .count();
+    assert_eq!(starts, 1, "the slow attempt ran again");
+}
+
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

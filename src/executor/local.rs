@@ -54,7 +54,14 @@
 //! its secrets ([`WITHHELD_ENV`]), plus the type's `env_vars`, plus the contract's variables
 //! (`AO_TASK_ID`, `AO_ATTEMPT`, `AO_AGENT_TYPE`, `AO_TASK_FILE`, `AO_RESULT_FILE`), which win. A
 //! relative `command` containing a `/` is resolved against the coordinator's working directory.
-//! Run directories (and their logs) are kept; nothing here deletes them.
+//!
+//! # Retention
+//!
+//! Nothing in the executor itself deletes a run directory. `serve` runs [`retention::run`],
+//! which removes the directories of finished attempts once they are older than
+//! `--runs-retention` (default 7 days) *and* the task store records their attempt as over, so a
+//! removed directory can never make an attempt that is still being settled read as
+//! [`RunState::NotFound`] (and be started again); see [`retention`] for the rules.
 //!
 //! # Built-in agents
 //!
@@ -85,6 +92,8 @@ use tokio::task::JoinHandle;
 use super::{ChangeNotifier, ExecError, Executor, Outcome, RunState, StopReason};
 use crate::config::AgentType;
 use crate::task::{now_ms, Millis, Task, TaskId};
+
+pub mod retention;
 
 /// Settings of the local executor.
 #[derive(Debug, Clone)]
@@ -487,19 +496,25 @@ fn unavailable(what: &str, dir: &Path, err: impl std::fmt::Display) -> ExecError
     }
 }
 
+/// Creates `<task_id>/<attempt>/` (fine if it exists). The pruner ([`retention`]) removes a
+/// task directory once its last attempt directory is gone, so it can vanish between our
+/// creating it and creating the attempt inside it: then try again. Once the attempt directory
+/// exists the task directory is not empty, and the pruner's `rmdir` fails instead.
+fn create_run_dir(dir: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs::create_dir_all(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => tries += 1,
+            done => return done,
+        }
+    }
+}
+
 /// Starts the attempt's supervisor unless the attempt has already begun. Returns the spawned
 /// supervisor, or `None` when there was nothing to start.
 fn start_attempt(launch: &Launch) -> Result<Option<tokio::process::Child>, ExecError> {
     let dir = &launch.dir;
-    if let Some(parent) = dir.parent() {
-        fs::create_dir_all(parent)
-            .map_err(|e| unavailable("cannot create the run directory", dir, e))?;
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(unavailable("cannot create the run directory", dir, e)),
-    }
+    create_run_dir(dir).map_err(|e| unavailable("cannot create the run directory", dir, e))?;
     let began = |dir: &Path| -> Result<bool, ExecError> {
         let exists = |name: &str| {
             fs::symlink_metadata(dir.join(name))
