@@ -288,20 +288,9 @@ async fn handle(ctx: &Context, queue: &dyn ResultQueue, delivery: Delivery) {
 mod tests {
     use super::*;
     use crate::store::sqlite::SqliteBackend;
-    use crate::task::NewTask;
 
     fn task_at(attempt: u32, status: Status) -> Task {
-        let mut task = Task::new(
-            NewTask {
-                agent_type: "coder".into(),
-                payload: serde_json::json!({}),
-                priority: 0,
-                timeout: Duration::from_secs(60),
-                max_attempts: 3,
-                idempotency_key: None,
-            },
-            1,
-        );
+        let mut task = crate::store::conformance::sample_task("coder", None);
         task.attempt = attempt;
         task.status = status;
         task

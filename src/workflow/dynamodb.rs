@@ -137,16 +137,20 @@ impl DynamoWorkflowStore {
         Ok(out.item().cloned())
     }
 
-    /// Every workflow (only the open ones with `open_only`), sorted by id.
-    async fn query(&self, open_only: bool) -> Result<Vec<Workflow>, WorkflowStoreError> {
-        let mut request = self
-            .client
+    /// A Query of the workflows' partition of `agent-type-index` (ranged by id).
+    fn partition_query(&self) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.client
             .query()
             .table_name(&self.table)
             .index_name(table_layout::AGENT_TYPE_INDEX)
             .key_condition_expression("#at = :p")
             .expression_attribute_names("#at", "agent_type")
-            .expression_attribute_values(":p", AttributeValue::S(PARTITION.into()));
+            .expression_attribute_values(":p", AttributeValue::S(PARTITION.into()))
+    }
+
+    /// Every workflow (only the open ones with `open_only`), sorted by id.
+    async fn query(&self, open_only: bool) -> Result<Vec<Workflow>, WorkflowStoreError> {
+        let mut request = self.partition_query();
         if open_only {
             request = request
                 .filter_expression("#open = :t")
@@ -227,13 +231,7 @@ impl WorkflowStore for DynamoWorkflowStore {
         // The index is ranged by id (creation order): the newest are its last items.
         let limit = limit.clamp(1, MAX_LIST);
         let answer = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(table_layout::AGENT_TYPE_INDEX)
-            .key_condition_expression("#at = :p")
-            .expression_attribute_names("#at", "agent_type")
-            .expression_attribute_values(":p", AttributeValue::S(PARTITION.into()))
+            .partition_query()
             .scan_index_forward(false)
             .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .send()

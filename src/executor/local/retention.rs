@@ -475,17 +475,9 @@ mod tests {
     const WEEK: Duration = DEFAULT_RETENTION;
 
     fn task(status: Status, attempt: u32) -> Task {
-        let mut task = Task::new(
-            crate::task::NewTask {
-                agent_type: "coder".into(),
-                payload: serde_json::json!({}),
-                priority: 0,
-                timeout: Duration::from_secs(60),
-                max_attempts: 3,
-                idempotency_key: None,
-            },
-            NOW - 30 * DAY,
-        );
+        let mut task = crate::store::conformance::sample_task("coder", None);
+        task.created_at = NOW - 30 * DAY;
+        task.updated_at = task.created_at;
         task.status = status;
         task.attempt = attempt;
         task
