@@ -180,6 +180,19 @@ EOT
         change_mode     = "restart"
       }
 
+      # The GitHub webhook secret comes from this job's Nomad variable, nomad/jobs/<job id>
+      # (key github_webhook_secret, put there with `nomad var put`), readable by this job
+      # alone; the app's private key is read by the coordinator from the Secrets Manager ARN
+      # below. Neither is ever part of the job.
+      template {
+        data            = "[[ with nomadVar \"nomad/jobs/dev-agent-coordinator\" ]]GITHUB_WEBHOOK_SECRET=[[ .github_webhook_secret ]][[ end ]]\n"
+        destination     = "secrets/github.env"
+        env             = true
+        left_delimiter  = "[["
+        right_delimiter = "]]"
+        change_mode     = "restart"
+      }
+
       env {
         AO_CLUSTER_NAME = "dev"
         AO_ENVIRONMENT = "dev"

@@ -168,6 +168,54 @@ pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
     config
 }
 
+/// Why a secret could not be read from Secrets Manager. Never carries the secret's value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The ARN names nothing readable (missing, not allowed, malformed): fix the configuration.
+    #[error("secret {arn}: {message}")]
+    Invalid { arn: String, message: String },
+    /// Secrets Manager could not be reached or failed: try again later.
+    #[error("secret {arn}: Secrets Manager unavailable: {message}")]
+    Unavailable { arn: String, message: String },
+}
+
+/// The value of the secret `arn` (its string, or its binary), trimmed of surrounding
+/// whitespace. Errors name the ARN and the service's error code, never the value.
+pub async fn secret_value(config: &SdkConfig, arn: &str) -> Result<Vec<u8>, SecretError> {
+    use aws_sdk_secretsmanager::error::ProvideErrorMetadata as _;
+    let client = aws_sdk_secretsmanager::Client::new(config);
+    let out = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| {
+            let (arn, message) = (arn.to_owned(), describe(&e));
+            match e.code() {
+                Some(
+                    "ResourceNotFoundException"
+                    | "AccessDeniedException"
+                    | "ValidationException"
+                    | "InvalidParameterException"
+                    | "InvalidRequestException"
+                    | "DecryptionFailure",
+                ) => SecretError::Invalid { arn, message },
+                _ => SecretError::Unavailable { arn, message },
+            }
+        })?;
+    let bytes = match (out.secret_string(), out.secret_binary()) {
+        (Some(text), _) => text.as_bytes().to_vec(),
+        (None, Some(blob)) => blob.as_ref().to_vec(),
+        (None, None) => {
+            return Err(SecretError::Invalid {
+                arn: arn.to_owned(),
+                message: "the secret has no value".into(),
+            })
+        }
+    };
+    Ok(String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
+}
+
 /// The error text of an SDK error, with its causes (the SDK's `Display` alone says only
 /// "service error").
 pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {

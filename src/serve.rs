@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// File holding the GitHub App's private key, PEM (or GITHUB_PRIVATE_KEY).
     #[arg(long, env = "AO_GITHUB_PRIVATE_KEY_FILE")]
     pub github_private_key_file: Option<PathBuf>,
+    /// AWS Secrets Manager secret holding the GitHub App's private key (PEM), read at start
+    /// (the Terraform module's `github_private_key_secret_arn`; needs --features aws).
+    #[arg(long, env = "AO_GITHUB_PRIVATE_KEY_SECRET_ARN")]
+    pub github_private_key_secret_arn: Option<String>,
     /// GitHub REST API base URL [default: https://api.github.com].
     #[arg(long, env = "AO_GITHUB_API_URL")]
     pub github_api_url: Option<String>,
@@ -218,6 +222,10 @@ impl ServeSettings {
                 .github_private_key_file
                 .clone()
                 .or(merged.github_private_key_file.take()),
+            private_key_secret_arn: args
+                .github_private_key_secret_arn
+                .clone()
+                .or(merged.github_private_key_secret_arn.take()),
             api_url: args.github_api_url.clone().or(merged.github_api_url.take()),
             config: args.github_config.clone().or(merged.github_config.take()),
         })
@@ -384,6 +392,7 @@ fn serve_block(root: &Node, file: &str) -> Result<ServeArgs, ServeConfigError> {
                 args.github_app_id = Some(text.parse().map_err(|_| bad("a GitHub App id"))?)
             }
             "github_private_key_file" => args.github_private_key_file = Some(text.into()),
+            "github_private_key_secret_arn" => args.github_private_key_secret_arn = Some(text),
             "github_api_url" => args.github_api_url = Some(text),
             "github_config" => args.github_config = Some(text.into()),
             "max_body_bytes" => {
@@ -628,6 +637,29 @@ async fn aws_backends(settings: &ServeSettings) -> Result<AwsParts, ServeError> 
     Ok(parts)
 }
 
+/// Reads the GitHub App's private key from Secrets Manager when it was given as an ARN: a
+/// secret that does not exist or may not be read is a configuration error (exit 2), an
+/// unreachable service a runtime one.
+#[cfg(feature = "aws")]
+async fn with_github_key(mut settings: ServeSettings) -> Result<ServeSettings, ServeError> {
+    use crate::aws::{AwsSettings, SecretError};
+    let Some(github) = settings.github.as_mut() else {
+        return Ok(settings);
+    };
+    if github.private_key_secret_arn.is_none() {
+        return Ok(settings);
+    }
+    let config = crate::aws::sdk_config(&AwsSettings::default()).await;
+    github.load_private_key(&config).await.map_err(|e| {
+        let message = format!("--github-private-key-secret-arn: {e}");
+        match e {
+            SecretError::Invalid { .. } => ServeError::Config(ServeConfigError(message)),
+            SecretError::Unavailable { .. } => ServeError::Runtime(message),
+        }
+    })?;
+    Ok(settings)
+}
+
 /// Without the `aws` feature the cluster backends are not compiled in.
 #[cfg(not(feature = "aws"))]
 async fn aws_backends(settings: &ServeSettings) -> Result<AwsParts, ServeError> {
@@ -681,6 +713,8 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
     // Listen for SIGTERM/SIGINT before anything starts, so a stop that arrives during start-up
     // is still handled as a clean shutdown (deregistration, drain) once start-up is done.
     let shutdown = shutdown_signal();
+    #[cfg(feature = "aws")]
+    let settings = with_github_key(settings).await?;
     let (notifier, changes) = mpsc::unbounded_channel();
     let backends = build_backends(&settings, notifier).await?;
     let runs_store = backends.store.clone();

@@ -340,9 +340,24 @@ struct Setup {
 }
 
 fn setup(config: Value, types: &[(&str, u32, &str)]) -> Option<Setup> {
+    setup_with(config, types, |key| {
+        Some(vec![
+            "--github-private-key-file".to_string(),
+            key.to_str().unwrap().to_string(),
+        ])
+    })
+}
+
+/// [`setup`], with the flags that hand `serve` the app's key (generated at the given path).
+fn setup_with(
+    config: Value,
+    types: &[(&str, u32, &str)],
+    key_flags: impl FnOnce(&Path) -> Option<Vec<String>>,
+) -> Option<Setup> {
     let (fake, url) = start_fake()?;
     let dir = tempfile::tempdir().unwrap();
     let key = private_key(dir.path())?;
+    let key_flags = key_flags(&key)?;
     let secret = dir.path().join("webhook-secret");
     std::fs::write(&secret, SECRET).unwrap();
     let config_path = dir.path().join("github.json");
@@ -350,23 +365,20 @@ fn setup(config: Value, types: &[(&str, u32, &str)]) -> Option<Setup> {
     let inputs = shell_inputs(dir.path(), types);
     // Debug logs: the token must not appear even there.
     std::env::set_var("RUST_LOG", "debug");
-    let coordinator = Coordinator::start(
-        dir.path(),
-        &[
-            "--inputs",
-            inputs.to_str().unwrap(),
-            "--github-webhook-secret-file",
-            secret.to_str().unwrap(),
-            "--github-app-id",
-            "4242",
-            "--github-private-key-file",
-            key.to_str().unwrap(),
-            "--github-api-url",
-            &url,
-            "--github-config",
-            config_path.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec![
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--github-webhook-secret-file",
+        secret.to_str().unwrap(),
+        "--github-app-id",
+        "4242",
+        "--github-api-url",
+        &url,
+        "--github-config",
+        config_path.to_str().unwrap(),
+    ];
+    args.extend(key_flags.iter().map(String::as_str));
+    let coordinator = Coordinator::start(dir.path(), &args);
     Some(Setup {
         dir,
         fake,
@@ -647,4 +659,143 @@ fn the_run_over_budget_is_refused_and_reported_on_the_issue() {
         Some(1.0),
         "{scrape}"
     );
+}
+
+/// The cluster deployment hands `serve` only the ARN of the app's key in Secrets Manager
+/// (`AO_GITHUB_PRIVATE_KEY_SECRET_ARN` in the rendered coordinator job): the JWT that mints the
+/// installation token is signed with the key read from there, and an ARN that names nothing
+/// stops `serve` with exit 2 and a message naming the ARN, not the key.
+#[cfg(feature = "aws")]
+#[test]
+fn the_app_key_is_read_from_secrets_manager() {
+    use base64::Engine as _;
+    let Some(moto) = moto("github-key-from-secrets-manager") else {
+        return;
+    };
+    // Inherited by the coordinators this test starts (the other tests here use no AWS).
+    std::env::set_var("AWS_ENDPOINT_URL", &moto);
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    std::env::set_var("AWS_REGION", "us-east-1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let config = rt.block_on(agent_orchestrator::aws::sdk_config(
+        &agent_orchestrator::aws::AwsSettings {
+            endpoint_url: Some(moto.clone()),
+            region: Some("us-east-1".into()),
+            static_credentials: Some(("test".into(), "test".into())),
+        },
+    ));
+    let secrets = aws_sdk_secretsmanager::Client::new(&config);
+    let mut key_path = None;
+    let setup = setup_with(
+        json!({"progress_interval_ms": 100, "rules": {"debounce_seconds": 0}}),
+        &[("quick", 1, "true")],
+        |key| {
+            key_path = Some(key.to_path_buf());
+            let name = format!("github-app-key-{}", uuid::Uuid::new_v4().simple());
+            let created = rt
+                .block_on(
+                    secrets
+                        .create_secret()
+                        .name(name)
+                        .secret_string(std::fs::read_to_string(key).unwrap())
+                        .send(),
+                )
+                .expect("create the secret in moto");
+            Some(vec![
+                "--github-private-key-secret-arn".to_string(),
+                created.arn().expect("arn").to_string(),
+            ])
+        },
+    );
+    let Some(s) = setup else {
+        return;
+    };
+    let key = key_path.unwrap();
+    let (status, answer) = deliver(&s.coordinator, "issues", "sm-1", &labeled("agent:quick", 5));
+    assert_eq!(status, 202, "{answer}");
+    let mut jwt = None;
+    wait_for(
+        "an installation token request",
+        Duration::from_secs(20),
+        || {
+            jwt = s
+                .fake
+                .calls()
+                .into_iter()
+                .find(|c| c.path.ends_with("/access_tokens"))
+                .map(|c| c.auth.trim_start_matches("Bearer ").to_string());
+            jwt.is_some()
+        },
+    );
+    // RS256 over `header.payload`, checked with the public half of the key in the secret.
+    let jwt = jwt.unwrap();
+    let (signed, signature) = jwt.rsplit_once('.').expect("a JWT");
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(signature)
+        .expect("base64url signature");
+    let (signed_path, signature_path, public) = (
+        s.dir.path().join("jwt.signed"),
+        s.dir.path().join("jwt.sig"),
+        s.dir.path().join("app-key.pub"),
+    );
+    std::fs::write(&signed_path, signed).unwrap();
+    std::fs::write(&signature_path, signature).unwrap();
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl")
+    };
+    let out = openssl(&[
+        "rsa".as_ref(),
+        "-in".as_ref(),
+        key.as_os_str(),
+        "-pubout".as_ref(),
+        "-out".as_ref(),
+        public.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = openssl(&[
+        "dgst".as_ref(),
+        "-sha256".as_ref(),
+        "-verify".as_ref(),
+        public.as_os_str(),
+        "-signature".as_ref(),
+        signature_path.as_os_str(),
+        signed_path.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "the JWT is not signed with the key from Secrets Manager: {out:?}"
+    );
+    let log = s.coordinator.log_text();
+    assert!(!log.contains("PRIVATE KEY"), "the key reached the log");
+
+    // An ARN that names nothing: a configuration error naming the ARN.
+    let missing = "arn:aws:secretsmanager:us-east-1:123456789012:secret:no-such-key-AbCdEf";
+    let secret = s.dir.path().join("webhook-secret");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(s.dir.path().join("data-missing"))
+        .arg("--github-webhook-secret-file")
+        .arg(&secret)
+        .args([
+            "--github-app-id",
+            "4242",
+            "--github-private-key-secret-arn",
+            missing,
+        ])
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(missing), "{stderr}");
 }

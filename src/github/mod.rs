@@ -686,6 +686,9 @@ pub struct GithubSettings {
     pub options: GithubOptions,
     pub app_id: Option<u64>,
     pub private_key: Option<Secret>,
+    /// Where the private key is read at start when it is not given directly: a Secrets
+    /// Manager ARN (the cluster deployment; see [`GithubSettings::load_private_key`]).
+    pub private_key_secret_arn: Option<String>,
     pub api_url: String,
 }
 
@@ -698,6 +701,7 @@ impl std::fmt::Debug for GithubSettings {
                 "private_key",
                 &self.private_key.as_ref().map(|_| "<redacted>"),
             )
+            .field("private_key_secret_arn", &self.private_key_secret_arn)
             .field("api_url", &self.api_url)
             .finish_non_exhaustive()
     }
@@ -709,6 +713,7 @@ pub struct GithubSources {
     pub webhook_secret_file: Option<std::path::PathBuf>,
     pub app_id: Option<u64>,
     pub private_key_file: Option<std::path::PathBuf>,
+    pub private_key_secret_arn: Option<String>,
     pub api_url: Option<String>,
     pub config: Option<std::path::PathBuf>,
 }
@@ -740,8 +745,11 @@ impl GithubSettings {
             None => env("GITHUB_WEBHOOK_SECRET").map(String::into_bytes),
         };
         let Some(secret) = secret else {
-            if sources.app_id.is_some() || sources.private_key_file.is_some() {
-                return Err("--github-app-id/--github-private-key-file need a webhook secret (--github-webhook-secret-file or GITHUB_WEBHOOK_SECRET)".into());
+            if sources.app_id.is_some()
+                || sources.private_key_file.is_some()
+                || sources.private_key_secret_arn.is_some()
+            {
+                return Err("--github-app-id/--github-private-key-file/--github-private-key-secret-arn need a webhook secret (--github-webhook-secret-file or GITHUB_WEBHOOK_SECRET)".into());
             }
             return Ok(None);
         };
@@ -759,13 +767,26 @@ impl GithubSettings {
                 None => None,
             },
         };
-        let private_key = match &sources.private_key_file {
-            Some(path) => Some(read_secret_file(path, "--github-private-key-file")?),
-            None => env("GITHUB_PRIVATE_KEY").map(String::into_bytes),
+        let arn = sources
+            .private_key_secret_arn
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty());
+        let private_key = match (&sources.private_key_file, arn) {
+            (Some(_), Some(_)) => {
+                return Err("give the GitHub App's private key once: --github-private-key-file or --github-private-key-secret-arn, not both".into())
+            }
+            (Some(path), None) => Some(read_secret_file(path, "--github-private-key-file")?),
+            (None, Some(_)) => None,
+            (None, None) => env("GITHUB_PRIVATE_KEY").map(String::into_bytes),
         };
-        if private_key.is_some() != app_id.is_some() {
+        if cfg!(not(feature = "aws")) && arn.is_some() {
+            return Err("--github-private-key-secret-arn reads AWS Secrets Manager, which this binary was built without: rebuild with --features aws".into());
+        }
+        let has_key = private_key.is_some() || arn.is_some();
+        if has_key != app_id.is_some() {
             return Err(
-                "the GitHub App needs both an app id (--github-app-id) and a private key (--github-private-key-file)"
+                "the GitHub App needs both an app id (--github-app-id) and a private key (--github-private-key-file or --github-private-key-secret-arn)"
                     .into(),
             );
         }
@@ -774,11 +795,30 @@ impl GithubSettings {
             options,
             app_id,
             private_key: private_key.map(Secret::new),
+            private_key_secret_arn: arn.map(str::to_owned),
             api_url: sources
                 .api_url
                 .clone()
                 .unwrap_or_else(|| "https://api.github.com".into()),
         }))
+    }
+
+    /// Reads the private key from Secrets Manager when it was given as an ARN (feature
+    /// `aws`); a no-op otherwise. Errors name the ARN, never the key.
+    #[cfg(feature = "aws")]
+    pub async fn load_private_key(
+        &mut self,
+        config: &aws_config::SdkConfig,
+    ) -> Result<(), crate::aws::SecretError> {
+        if self.private_key.is_some() {
+            return Ok(());
+        }
+        if let Some(arn) = &self.private_key_secret_arn {
+            let key = crate::aws::secret_value(config, arn).await?;
+            info!(secret = %arn, "GitHub App private key read from Secrets Manager");
+            self.private_key = Some(Secret::new(key));
+        }
+        Ok(())
     }
 
     /// Builds the webhook side (state file `github.db` in `data_dir`, or in memory) with the

@@ -30,7 +30,14 @@ pub struct CoordinatorContext {
     pub env: BTreeMap<String, String>,
     /// The inputs as the coordinator's `--inputs` file (pretty JSON); see [`inputs_json`].
     pub inputs_json: String,
+    /// With a GitHub App: the template (`[[ ]]` delimiters) that puts the webhook secret into
+    /// the task's environment from the Nomad variable `nomad/jobs/<job_id>`, so the secret is in
+    /// neither the job nor the inputs.
+    pub github_secret_template: Option<String>,
 }
+
+/// Key of the webhook secret in the coordinator job's Nomad variable.
+pub const WEBHOOK_SECRET_VAR_KEY: &str = "github_webhook_secret";
 
 /// Context of `agent.nomad.hcl.hbs`, one per agent type.
 #[derive(Debug, Clone, Serialize)]
@@ -121,7 +128,13 @@ impl CoordinatorContext {
         if let Some(arn) = &inputs.github_private_key_secret_arn {
             env.insert("AO_GITHUB_PRIVATE_KEY_SECRET_ARN".to_string(), arn.clone());
         }
+        let github_secret_template = inputs.github_app_id.map(|_| {
+            format!(
+                "[[ with nomadVar \"nomad/jobs/{job_id}\" ]]GITHUB_WEBHOOK_SECRET=[[ .{WEBHOOK_SECRET_VAR_KEY} ]][[ end ]]\n"
+            )
+        });
         CoordinatorContext {
+            github_secret_template,
             cluster: ClusterContext::new(inputs),
             metrics_service: format!("{job_id}-metrics"),
             job_id,

@@ -252,6 +252,41 @@ fn coordinator_job_has_services_ports_and_no_secrets() {
             .all(|k| !k.contains("SECRET") || k.ends_with("_ARN")),
         "{env_keys:?}"
     );
+    // The webhook secret reaches the environment at run time, from the job's own Nomad
+    // variable; the job holds only the template that reads it.
+    let secret_templates: Vec<&Value> = task["Templates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["Envvars"] == true)
+        .collect();
+    assert_eq!(secret_templates.len(), 1, "{:#}", task["Templates"]);
+    let t = secret_templates[0];
+    assert_eq!(
+        t["EmbeddedTmpl"],
+        "[[ with nomadVar \"nomad/jobs/c-agent-coordinator\" ]]GITHUB_WEBHOOK_SECRET=[[ .github_webhook_secret ]][[ end ]]\n"
+    );
+    assert_eq!(
+        (&t["LeftDelim"], &t["RightDelim"]),
+        (&Value::from("[["), &Value::from("]]"))
+    );
+    assert!(t["DestPath"].as_str().unwrap_or("").starts_with("secrets/"));
+
+    // Without a GitHub App there is no secret to read.
+    let plain = inputs_from_json(
+        r#"{"cluster_name": "c", "agent_types": {"a": {"image": "i", "cpu_limit": 1, "memory_limit": "64MB", "max_instances": 1}}}"#,
+    );
+    let jobs = render_ok(&plain);
+    let task = &job(&jobs, "coordinator")["TaskGroups"][0]["Tasks"][0];
+    assert!(
+        task["Templates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|t| t["Envvars"] != true),
+        "{:#}",
+        task["Templates"]
+    );
 }
 
 #[test]
