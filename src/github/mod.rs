@@ -591,6 +591,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_private_key_comes_from_one_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let base = GithubSources {
+            webhook_secret_file: Some(file("secret", "s")),
+            app_id: Some(7),
+            ..GithubSources::default()
+        };
+        let arn = "arn:aws:secretsmanager:eu-west-1:1:secret:key";
+        let both = GithubSources {
+            private_key_file: Some(file("key.pem", "pem")),
+            private_key_secret_arn: Some(arn.into()),
+            ..base.clone()
+        };
+        let err = GithubSettings::resolve(&both).expect_err("two sources");
+        assert!(err.contains("not both"), "{err}");
+
+        let by_arn = GithubSources {
+            private_key_secret_arn: Some(arn.into()),
+            ..base.clone()
+        };
+        match GithubSettings::resolve(&by_arn) {
+            // Read at start (serve::with_github_key), not here.
+            Ok(Some(settings)) if cfg!(feature = "aws") => {
+                assert!(settings.private_key.is_none());
+                assert_eq!(settings.private_key_secret_arn.as_deref(), Some(arn));
+                assert!(!format!("{settings:?}").contains("pem"));
+            }
+            Err(e) if cfg!(not(feature = "aws")) => assert!(e.contains("--features aws"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+
+        let arn_without_app = GithubSources {
+            app_id: None,
+            private_key_secret_arn: Some(arn.into()),
+            ..base
+        };
+        let err = GithubSettings::resolve(&arn_without_app).expect_err("no app id");
+        assert!(err.contains("needs both an app id"), "{err}");
+    }
+
+    #[test]
     fn delivery_cache_evicts_oldest() {
         let mut c = DeliveryCache::new(2);
         assert!(c.insert("a"));
@@ -780,15 +826,15 @@ impl GithubSettings {
             (None, Some(_)) => None,
             (None, None) => env("GITHUB_PRIVATE_KEY").map(String::into_bytes),
         };
-        if cfg!(not(feature = "aws")) && arn.is_some() {
-            return Err("--github-private-key-secret-arn reads AWS Secrets Manager, which this binary was built without: rebuild with --features aws".into());
-        }
         let has_key = private_key.is_some() || arn.is_some();
         if has_key != app_id.is_some() {
             return Err(
                 "the GitHub App needs both an app id (--github-app-id) and a private key (--github-private-key-file or --github-private-key-secret-arn)"
                     .into(),
             );
+        }
+        if cfg!(not(feature = "aws")) && arn.is_some() {
+            return Err("--github-private-key-secret-arn reads AWS Secrets Manager, which this binary was built without: rebuild with --features aws".into());
         }
         Ok(Some(GithubSettings {
             secret: Secret::new(secret),
