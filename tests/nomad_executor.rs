@@ -167,6 +167,81 @@ async fn the_result_queue_url_is_dispatch_meta_when_the_job_declares_it() {
     assert!(tester.get("task_id").is_some());
 }
 
+/// The rendered coordinator job carries the agent jobs as templates into `local/jobs/`, which
+/// it passes as `--nomad-job-dir`: written out as Nomad would, they are the files `render`
+/// wrote, and the executor registers and dispatches from them.
+#[tokio::test]
+async fn the_coordinator_job_carries_the_agent_jobs_it_dispatches() {
+    let fixtures = fixtures_or_skip!();
+    let coordinator = harness::job_dir().join("coordinator.nomad.hcl");
+    let text = std::fs::read_to_string(&coordinator).unwrap();
+    let job = agent_orchestrator::jobspec::parse_jobspec(&text, "coordinator.nomad.hcl").unwrap();
+    let task = &job["Job"]["TaskGroups"][0]["Tasks"][0];
+    let local = tempfile::tempdir().unwrap();
+    let mut shipped = Vec::new();
+    for template in task["Templates"].as_array().unwrap() {
+        let dest = template["DestPath"].as_str().unwrap();
+        let Some(file) = dest.strip_prefix("local/jobs/") else {
+            continue;
+        };
+        std::fs::create_dir_all(local.path().join("jobs")).unwrap();
+        let data = template["EmbeddedTmpl"].as_str().unwrap();
+        assert!(!data.contains(template["LeftDelim"].as_str().unwrap()));
+        std::fs::write(local.path().join("jobs").join(file), data).unwrap();
+        assert_eq!(
+            data,
+            std::fs::read_to_string(harness::job_dir().join(file)).unwrap(),
+            "{file}"
+        );
+        shipped.push(file.to_string());
+    }
+    shipped.sort();
+    assert_eq!(
+        shipped,
+        [
+            "coder-agent.nomad.hcl",
+            "docs-agent.nomad.hcl",
+            "reviewer-agent.nomad.hcl",
+            "tester-agent.nomad.hcl"
+        ]
+    );
+    let args: Vec<&str> = task["Config"]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args
+        .windows(2)
+        .any(|w| w == ["--nomad-job-dir", "${NOMAD_TASK_DIR}/jobs"]));
+
+    let fake = FakeNomad::start(&fixtures, Mode::Hold).await;
+    let inputs = inputs(2, 2);
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = client_config(&fake.url(), Some(TOKEN));
+    let exec = harness::executor_with(client, &inputs, tx, local.path().join("jobs"), None).await;
+    let task = new_task("coder", serde_json::json!({}));
+    within(
+        5,
+        "dispatch",
+        exec.dispatch(&task, &inputs.agent_types["coder"]),
+    )
+    .await
+    .expect("dispatch from the shipped job");
+    let registered = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v1/jobs" && r.json()["Job"]["ID"] == "dev-coder-agent")
+        .expect("the coder job was registered");
+    let golden = std::fs::read_to_string(harness::job_dir().join("coder-agent.nomad.hcl")).unwrap();
+    let golden =
+        agent_orchestrator::jobspec::parse_jobspec(&golden, "coder-agent.nomad.hcl").unwrap();
+    assert_eq!(
+        registered.json()["Job"]["TaskGroups"],
+        golden["Job"]["TaskGroups"]
+    );
+}
+
 #[tokio::test]
 async fn the_same_attempt_dispatched_twice_gets_the_same_child() {
     let fixtures = fixtures_or_skip!();

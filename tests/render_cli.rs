@@ -185,7 +185,8 @@ fn check_passes_after_render_and_names_what_an_edit_changed() {
     ws.run(&["render"]).assert_ok();
     ws.run(&["render", "--check"]).assert_ok();
 
-    // A template edit: every agent job differs, the coordinator does not.
+    // A template edit: every agent job differs, and so does the coordinator job, which
+    // carries them.
     let template = "templates/agent.nomad.hcl.hbs";
     let original = ws.read(template);
     ws.edit(template, "kill_timeout = \"30s\"", "kill_timeout = \"45s\"");
@@ -195,14 +196,23 @@ fn check_passes_after_render_and_names_what_an_edit_changed() {
         &[
             "jobs/coder-agent.nomad.hcl: differs",
             "jobs/tester-agent.nomad.hcl: differs",
+            "jobs/coordinator.nomad.hcl: differs",
             "run `agent-orchestrator render`",
         ],
     );
-    assert!(
-        !run.stderr.contains("coordinator.nomad.hcl"),
-        "{}",
-        run.stderr
+    // The coordinator's own template edited: only the coordinator job differs.
+    ws.write(template, &original);
+    let coordinator_template = "templates/coordinator.nomad.hcl.hbs";
+    let coordinator_original = ws.read(coordinator_template);
+    ws.edit(
+        coordinator_template,
+        "kill_timeout = \"30s\"",
+        "kill_timeout = \"40s\"",
     );
+    let run = ws.run(&["render", "--check"]);
+    run.assert_fails(1, &["jobs/coordinator.nomad.hcl: differs"]);
+    assert!(!run.stderr.contains("-agent.nomad.hcl"), "{}", run.stderr);
+    ws.write(coordinator_template, &coordinator_original);
     ws.write(template, &original);
     ws.run(&["render", "--check"]).assert_ok();
 

@@ -13,6 +13,8 @@ use serde_json::{json, Map, Value};
 
 use crate::config::units::format_duration;
 use crate::config::{AgentType, Inputs};
+use crate::render::engine::{join, RenderedJob, AGENT_TEMPLATE};
+use crate::render::RenderError;
 
 /// Context of `coordinator.nomad.hcl.hbs`.
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +36,46 @@ pub struct CoordinatorContext {
     /// the task's environment from the Nomad variable `nomad/jobs/<job_id>`, so the secret is in
     /// neither the job nor the inputs.
     pub github_secret_template: Option<String>,
+    /// The agent jobs, written into the task for `--nomad-job-dir`.
+    pub agent_jobs: Vec<ShippedJob>,
+    pub shipped_left_delimiter: &'static str,
+    pub shipped_right_delimiter: &'static str,
+}
+
+/// An agent job as the coordinator job carries it: a Nomad `template` that writes the
+/// rendered file into the task's `local/jobs/`, where `serve --nomad-job-dir` reads it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShippedJob {
+    /// `local/jobs/<type>-agent.nomad.hcl`.
+    pub destination: String,
+    /// The rendered jobspec, exactly as written to `jobs/`.
+    pub hcl: String,
+}
+
+/// Template delimiters of the shipped agent jobs: chosen so rendered HCL never holds them
+/// (checked: an input that does is refused rather than run as a template directive).
+pub const SHIPPED_LEFT_DELIMITER: &str = "[[ao:";
+pub const SHIPPED_RIGHT_DELIMITER: &str = ":ao]]";
+
+impl ShippedJob {
+    pub fn new(job: &RenderedJob, out_dir: &str) -> Result<ShippedJob, RenderError> {
+        for delimiter in [SHIPPED_LEFT_DELIMITER, SHIPPED_RIGHT_DELIMITER] {
+            if job.hcl.contains(delimiter) {
+                return Err(RenderError::Template {
+                    template: AGENT_TEMPLATE.to_string(),
+                    message: format!(
+                        "{}: contains `{delimiter}`, which the coordinator job uses to ship it as a Nomad template; remove it from the inputs of agent type `{}`",
+                        join(out_dir, &format!("{}.nomad.hcl", job.name)),
+                        job.agent_type.as_deref().unwrap_or("?")
+                    ),
+                });
+            }
+        }
+        Ok(ShippedJob {
+            destination: format!("local/jobs/{}.nomad.hcl", job.name),
+            hcl: job.hcl.clone(),
+        })
+    }
 }
 
 /// Key of the webhook secret in the coordinator job's Nomad variable.
@@ -110,7 +152,7 @@ pub fn agent_job_id(inputs: &Inputs, agent_type: &AgentType) -> String {
 }
 
 impl CoordinatorContext {
-    pub fn new(inputs: &Inputs) -> CoordinatorContext {
+    pub fn new(inputs: &Inputs, agent_jobs: Vec<ShippedJob>) -> CoordinatorContext {
         let job_id = coordinator_job_id(inputs);
         let mut env = BTreeMap::new();
         env.insert("AO_CLUSTER_NAME".to_string(), inputs.cluster_name.clone());
@@ -135,6 +177,9 @@ impl CoordinatorContext {
         });
         CoordinatorContext {
             github_secret_template,
+            agent_jobs,
+            shipped_left_delimiter: SHIPPED_LEFT_DELIMITER,
+            shipped_right_delimiter: SHIPPED_RIGHT_DELIMITER,
             cluster: ClusterContext::new(inputs),
             metrics_service: format!("{job_id}-metrics"),
             job_id,
@@ -323,7 +368,7 @@ mod tests {
 
     #[test]
     fn coordinator_env_never_carries_more_than_the_secret_arn() {
-        let ctx = CoordinatorContext::new(&inputs());
+        let ctx = CoordinatorContext::new(&inputs(), Vec::new());
         assert_eq!(ctx.job_id, "c1-agent-coordinator");
         assert_eq!(ctx.metrics_service, "c1-agent-coordinator-metrics");
         assert_eq!(ctx.env["AO_GITHUB_APP_ID"], "1");

@@ -18,7 +18,7 @@ use handlebars::{
 use serde::Serialize;
 use serde_json::Value;
 
-use super::context::{AgentContext, CoordinatorContext};
+use super::context::{AgentContext, CoordinatorContext, ShippedJob};
 use super::escape::{hcl_heredoc, hcl_string, is_hcl_identifier};
 use super::RenderError;
 use crate::config::Inputs;
@@ -121,30 +121,13 @@ pub fn render_jobs(
     templates: &Templates,
     out_dir: &str,
 ) -> Result<Vec<RenderedJob>, RenderError> {
-    let mut jobs = Vec::with_capacity(inputs.agent_types.len() + 1);
-    let coordinator = CoordinatorContext::new(inputs);
-    let name = "coordinator".to_string();
-    let hcl = templates.render(
-        COORDINATOR_TEMPLATE,
-        &coordinator,
-        &join(out_dir, &format!("{name}.nomad.hcl")),
-    )?;
-    jobs.push(RenderedJob {
-        name,
-        template: COORDINATOR_TEMPLATE,
-        agent_type: None,
-        job_id: coordinator.job_id,
-        hcl,
-    });
+    let mut agents = Vec::with_capacity(inputs.agent_types.len());
     for agent_type in inputs.agent_types.values() {
         let ctx = AgentContext::new(inputs, agent_type);
         let name = format!("{}-agent", agent_type.name);
-        let hcl = templates.render(
-            AGENT_TEMPLATE,
-            &ctx,
-            &join(out_dir, &format!("{name}.nomad.hcl")),
-        )?;
-        jobs.push(RenderedJob {
+        let file = join(out_dir, &format!("{name}.nomad.hcl"));
+        let hcl = templates.render(AGENT_TEMPLATE, &ctx, &file)?;
+        agents.push(RenderedJob {
             name,
             template: AGENT_TEMPLATE,
             agent_type: Some(agent_type.name.clone()),
@@ -152,6 +135,27 @@ pub fn render_jobs(
             hcl,
         });
     }
+    // The coordinator carries the agent jobs it registers (its image has no `jobs/`).
+    let shipped = agents
+        .iter()
+        .map(|job| ShippedJob::new(job, out_dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    let coordinator = CoordinatorContext::new(inputs, shipped);
+    let name = "coordinator".to_string();
+    let hcl = templates.render(
+        COORDINATOR_TEMPLATE,
+        &coordinator,
+        &join(out_dir, &format!("{name}.nomad.hcl")),
+    )?;
+    let mut jobs = Vec::with_capacity(agents.len() + 1);
+    jobs.push(RenderedJob {
+        name,
+        template: COORDINATOR_TEMPLATE,
+        agent_type: None,
+        job_id: coordinator.job_id,
+        hcl,
+    });
+    jobs.extend(agents);
     Ok(jobs)
 }
 

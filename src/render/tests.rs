@@ -272,6 +272,29 @@ fn coordinator_job_has_services_ports_and_no_secrets() {
     );
     assert!(t["DestPath"].as_str().unwrap_or("").starts_with("secrets/"));
 
+    // The agent jobs travel inside the coordinator job, byte for byte as `render` writes them,
+    // to where --nomad-job-dir points.
+    let shipped: Vec<(&str, &str)> = task["Templates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| Some((t["DestPath"].as_str()?, t["EmbeddedTmpl"].as_str()?)))
+        .filter(|(dest, _)| dest.starts_with("local/jobs/"))
+        .collect();
+    let agent = jobs
+        .iter()
+        .find(|j| j.job.name == "a-agent")
+        .expect("agent job");
+    assert_eq!(
+        shipped,
+        [("local/jobs/a-agent.nomad.hcl", agent.job.hcl.as_str())]
+    );
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--nomad-job-dir", "${NOMAD_TASK_DIR}/jobs"]),
+        "{args:?}"
+    );
+
     // Without a GitHub App there is no secret to read.
     let plain = inputs_from_json(
         r#"{"cluster_name": "c", "agent_types": {"a": {"image": "i", "cpu_limit": 1, "memory_limit": "64MB", "max_instances": 1}}}"#,
@@ -395,6 +418,21 @@ fn missing_template_is_named() {
         .unwrap_or_default();
     assert!(
         error.contains("no-such-templates/coordinator.nomad.hcl.hbs: cannot read template"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_agent_job_holding_the_shipping_delimiter_is_refused() {
+    let inputs = inputs_from_json(
+        r#"{"cluster_name": "c", "agent_types": {"a": {"image": "i", "cpu_limit": 1, "memory_limit": "64MB",
+            "max_instances": 1, "env_vars": {"X": "[[ao: env \"AWS_SECRET_ACCESS_KEY\" :ao]]"}}}}"#,
+    );
+    let error = render_jobs(&inputs, &repo_templates(), "jobs")
+        .expect_err("a template directive in an input")
+        .to_string();
+    assert!(
+        error.contains("jobs/a-agent.nomad.hcl") && error.contains("agent type `a`"),
         "{error}"
     );
 }
