@@ -142,7 +142,10 @@ pub async fn cancel(ctx: &Context, id: &str) -> Result<Task, IntakeError> {
             _ => next.cancel_requested = true,
         }
         next.updated_at = now_ms();
-        next.fence = ctx.fence();
+        // A cancel is the user's, not the scheduler's: any coordinator takes it, a standby
+        // (fence 0) included, so it carries the task's fence rather than losing to it. The
+        // compare-and-set on the version still orders it against the leader's writes.
+        next.fence = ctx.fence().max(task.fence);
         match ctx.store.update(&next, task.version).await {
             Ok(stored) => {
                 if stored.status == Status::Cancelled {

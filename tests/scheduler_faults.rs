@@ -11,7 +11,7 @@ use agent_orchestrator::executor::{ExecError, Executor, RunState, StopReason};
 use agent_orchestrator::intake::{self, SubmitRequest};
 use agent_orchestrator::scheduler::{self, Context, Settings};
 use agent_orchestrator::store::sqlite::SqliteBackend;
-use agent_orchestrator::store::TaskFilter;
+use agent_orchestrator::store::{TaskFilter, TaskStore};
 use agent_orchestrator::task::{Status, Task};
 
 /// Fails the first `failures` dispatches, then delegates.
@@ -196,4 +196,60 @@ async fn a_cancel_reaches_a_running_task_without_waiting_for_the_resync() {
     .expect("the cancel was applied before the next resync");
     shutdown_tx.send(true).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(10), scheduler).await;
+}
+
+/// A cancel reaches whichever coordinator the load balancer picks. A standby's fence is 0,
+/// below what the leader writes, and a cancel must not lose to it: queued tasks are cancelled
+/// and active ones marked for their loop, from the standby too.
+#[tokio::test]
+async fn a_standby_coordinator_takes_cancels() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = config::decode(
+        r#"{"cluster_name": "c", "agent_types": {"w": {"image": "i", "cpu_limit": 1,
+            "memory_limit": "64MB", "max_instances": 1}}}"#,
+        Format::Json,
+        "inputs.json",
+    )
+    .unwrap();
+    let backend = Arc::new(SqliteBackend::open(&dir.path().join("db.sqlite")).unwrap());
+    let context = |runs: &str| {
+        let (notifier, _changes) = tokio::sync::mpsc::unbounded_channel();
+        let executor = Arc::new(
+            LocalExecutor::new(LocalExecutorConfig::new(dir.path().join(runs)), notifier).unwrap(),
+        );
+        Context::new(
+            backend.clone(),
+            backend.clone(),
+            executor,
+            Arc::new(inputs.clone()),
+            Settings::default(),
+        )
+    };
+    let (leader, standby) = (context("runs-a"), context("runs-b"));
+    leader.set_leadership(true, 7);
+    standby.set_leadership(false, 0);
+    let submit = || SubmitRequest {
+        agent_type: "w".into(),
+        payload: serde_json::json!({}),
+        ..Default::default()
+    };
+
+    let queued = intake::submit(&leader, submit()).await.unwrap().0;
+    assert_eq!(queued.fence, 7);
+    let cancelled = intake::cancel(&standby, &queued.id)
+        .await
+        .expect("cancel on the standby");
+    assert_eq!(cancelled.status, Status::Cancelled);
+
+    let active = intake::submit(&leader, submit()).await.unwrap().0;
+    let mut claimed = backend.get(&active.id).await.unwrap().unwrap();
+    claimed.status = Status::Dispatched;
+    claimed.attempt = 1;
+    let claimed = backend.update(&claimed, claimed.version).await.unwrap();
+    assert_eq!(claimed.fence, 7);
+    let marked = intake::cancel(&standby, &active.id)
+        .await
+        .expect("cancel on the standby");
+    assert!(marked.cancel_requested);
+    assert_eq!(marked.status, Status::Dispatched, "its loop stops it");
 }
