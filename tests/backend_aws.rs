@@ -443,6 +443,21 @@ struct AwsCoordinator {
 
 impl AwsCoordinator {
     fn start(dir: &std::path::Path, moto: &str, inputs: &std::path::Path) -> AwsCoordinator {
+        // `free_port` only finds a port that was free a moment ago: retry on fresh ones when
+        // another process took it before serve bound it.
+        for _ in 0..5 {
+            if let Some(c) = AwsCoordinator::start_once(dir, moto, inputs) {
+                return c;
+            }
+        }
+        panic!("serve never found a free port");
+    }
+
+    fn start_once(
+        dir: &std::path::Path,
+        moto: &str,
+        inputs: &std::path::Path,
+    ) -> Option<AwsCoordinator> {
         let api = common::free_port();
         let metrics = common::free_port();
         let log = dir.join("serve.log");
@@ -480,14 +495,19 @@ impl AwsCoordinator {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = c.child.try_wait() {
-                panic!("serve exited early with {status}: {}", c.log_text());
+                let log = c.log_text();
+                if log.contains("Address already in use") {
+                    eprintln!("serve lost its port to another process, retrying: {log}");
+                    return None;
+                }
+                panic!("serve exited early with {status}: {log}");
             }
             if common::blocking_client()
                 .get(format!("{}/health", c.base))
                 .send()
                 .is_ok_and(|r| r.status().is_success())
             {
-                return c;
+                return Some(c);
             }
             assert!(
                 Instant::now() < deadline,

@@ -21,6 +21,13 @@ pub fn moto(test: &str) -> Option<String> {
     }
 }
 
+/// How one start of `serve` went.
+enum Started {
+    Healthy,
+    /// Another process took the port between `free_port` and the bind.
+    PortTaken,
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -76,6 +83,31 @@ impl Coordinator {
     }
 
     fn spawn(&mut self) {
+        // `free_port` only finds a port that was free a moment ago: when another test's
+        // process took it meanwhile, start again on fresh ports rather than fail.
+        for _ in 0..5 {
+            let logged_before = self.log_text().len();
+            match self.spawn_once() {
+                Started::Healthy => return,
+                Started::PortTaken => {
+                    let tail = self
+                        .log_text()
+                        .get(logged_before..)
+                        .unwrap_or("")
+                        .to_string();
+                    eprintln!("serve lost its port to another process, retrying: {tail}");
+                    self.api_port = free_port();
+                    self.metrics_port = free_port();
+                    self.base = format!("http://127.0.0.1:{}", self.api_port);
+                    self.metrics = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+                }
+            }
+        }
+        panic!("serve never found a free port: {}", self.log_text());
+    }
+
+    fn spawn_once(&mut self) -> Started {
+        let logged_before = self.log_text().len();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -102,9 +134,16 @@ impl Coordinator {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
+                self.child = None;
+                let log = self.log_text();
+                let this_run = log.get(logged_before..).unwrap_or("");
+                if this_run.contains("cannot listen on")
+                    && this_run.contains("Address already in use")
+                {
+                    return Started::PortTaken;
+                }
                 panic!(
-                    "serve exited early with {status}: {}\nlock holders: {:?}",
-                    self.log_text(),
+                    "serve exited early with {status}: {log}\nlock holders: {:?}",
                     lock_holders(&self.data_dir)
                 );
             }
@@ -113,7 +152,7 @@ impl Coordinator {
                 .send()
                 .is_ok_and(|r| r.status().is_success())
             {
-                return;
+                return Started::Healthy;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
