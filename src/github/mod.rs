@@ -517,18 +517,21 @@ impl Budget {
         held.sort_by_key(|(at, _)| *at);
         let mut budget = Budget::default();
         for (at, run) in held {
-            budget
-                .issues
-                .entry((run.repository.clone(), run.number))
-                .or_default()
-                .push_back(at);
-            budget
-                .repos
-                .entry(run.repository.clone())
-                .or_default()
-                .push_back(at);
+            budget.hold(&run.repository, run.number, at);
         }
         budget
+    }
+
+    /// Counts a run started `at` against its issue and repository.
+    fn hold(&mut self, repo: &str, issue: u64, at: Instant) {
+        self.issues
+            .entry((repo.to_string(), issue))
+            .or_default()
+            .push_back(at);
+        self.repos
+            .entry(repo.to_string())
+            .or_default()
+            .push_back(at);
     }
 
     fn reserve(
@@ -557,10 +560,7 @@ impl Budget {
                 "over budget: {repo} already started {per_repo} runs in the last hour"
             ));
         }
-        repo_runs.push_back(now);
-        if let Some(q) = self.issues.get_mut(&(repo.to_string(), issue)) {
-            q.push_back(now);
-        }
+        self.hold(repo, issue, now);
         Ok(())
     }
 
