@@ -27,6 +27,14 @@
 # github.db row), MODE=defer 11,376/s (p99 8.4 ms), MODE=debounce 17,066/s (p99 5.5 ms).
 # Before this session's work (double payload parse, synchronous github.db, blocking log
 # writes) UNIQUE=1 MODE=enqueue did 2,144/s.
+# Later (2026-11-23, fourth session), interleaved with the peer: octokit 8,702 and 9,130/s (p99
+# 8.4 and 7.5 ms); ours UNIQUE=1 MODE=enqueue 9,198 and 10,691/s (p99 11.6 and 10.4 ms) after
+# mimalloc (+12 %) and the task's queue row written in the task's own transaction (one request
+# to the store per delivery instead of two); exact post.lua 15,267/s; MODE=debounce 17,882/s.
+# Measured, not done: with no WAL checkpoints on the writer thread +17 %; the github.db row
+# written without waiting for it +12 %; p99 stays above the peer's either way (our work spans
+# four busy threads on two cores shared with wrk, the peer is one thread).
+# SERVE_LOG=<file> keeps the coordinator's log.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -60,7 +68,7 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 port=$(free_port); mport=$(free_port)
 setsid "$bin" serve --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" --data-dir "$work/data" \
   --inputs "$work/inputs.json" --github-webhook-secret-file "$work/secret" --github-config "$work/github.json" \
-  2> "$work/serve.log" & pid=$!
+  2> "${SERVE_LOG:-$work/serve.log}" & pid=$!
 # Agents outlive the coordinator by design (each runs under its own supervisor session): stop them too.
 trap 'kill -TERM -- -$pid 2>/dev/null || kill $pid; pkill -f "$work/data/runs" 2>/dev/null; sleep 0.5; rm -rf "$work"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done

@@ -101,14 +101,16 @@ pub async fn submit(ctx: &Context, request: SubmitRequest) -> Result<(Task, bool
         Created::Existing(existing) => Ok((existing, false)),
         Created::New(created) => {
             ctx.count_accepted(&created.agent_type);
-            ctx.queue
-                .send(
-                    &created.agent_type,
-                    &created.id,
-                    created.priority,
-                    Duration::ZERO,
-                )
-                .await?;
+            if !ctx.store.enqueues_on_create() {
+                ctx.queue
+                    .send(
+                        &created.agent_type,
+                        &created.id,
+                        created.priority,
+                        Duration::ZERO,
+                    )
+                    .await?;
+            }
             ctx.wake(&created.agent_type);
             Ok((created, true))
         }

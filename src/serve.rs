@@ -498,7 +498,12 @@ async fn build_backends(
                 let path = settings.data_dir.join("workflows.db");
                 let workflows = crate::workflow::sqlite::SqliteWorkflowStore::open(&path)
                     .map_err(|e| ServeError::Runtime(format!("{}: {e}", path.display())))?;
-                (backend.clone(), Arc::new(workflows))
+                // Store and queue in one file: a task and its queue row in one transaction.
+                let store = match settings.queue {
+                    QueueKind::Sqlite => Arc::new(backend.enqueuing()),
+                    QueueKind::Sqs => backend.clone(),
+                };
+                (store, Arc::new(workflows))
             }
             (StoreKind::Dynamodb, _, Some(store), Some(workflows)) => (store, workflows),
             _ => return Err(unavailable("this --store")),

@@ -77,6 +77,15 @@ pub trait TaskStore: Send + Sync + 'static {
     /// stored is returned as [`Created::Existing`] and nothing is written.
     async fn create(&self, task: &Task) -> Result<Created, StoreError>;
 
+    /// Whether [`TaskStore::create`] also puts a new task on its agent type's queue, in the
+    /// same write: true only for a store that *is* the deployment's task queue (the embedded
+    /// SQLite file serving as both, see [`sqlite::SqliteBackend::enqueuing`]). Intake then skips
+    /// its own `send`; otherwise it sends after the create, and a crash in between is repaired
+    /// by the loop's stale-queued sweep.
+    fn enqueues_on_create(&self) -> bool {
+        false
+    }
+
     async fn get(&self, id: &str) -> Result<Option<Task>, StoreError>;
 
     /// Writes `next` if the stored task's version is `expected_version` and its fence is not
