@@ -315,6 +315,12 @@ fn bad_input_on_every_endpoint_gets_its_status_and_stores_nothing() {
     check(c.get("/tasks?limit=0"), 400, "bad_request");
     check(c.get("/tasks?cursor=%%%"), 400, "bad_request");
     check(c.get("/nowhere"), 404, "not_found");
+    check(c.post("/health", ""), 405, "method_not_allowed");
+    check(
+        c.post("/tasks/01a207f6-30ba-756d-bcdc-2ddaef6fc4c5", ""),
+        405,
+        "method_not_allowed",
+    );
     assert!(c.all_tasks().is_empty(), "bad requests stored tasks");
 
     // Invalid transition: cancelling a finished task.

@@ -50,6 +50,10 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        // A known path with the wrong method: the same JSON error shape (axum adds `Allow`).
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::MethodNotAllowed(method.to_string())
+        })
         .with_state(state)
 }
 
