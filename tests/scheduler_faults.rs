@@ -9,6 +9,7 @@ use agent_orchestrator::config::{self, source::Format, AgentType};
 use agent_orchestrator::executor::local::{LocalExecutor, LocalExecutorConfig};
 use agent_orchestrator::executor::{ExecError, Executor, RunState, StopReason};
 use agent_orchestrator::intake::{self, SubmitRequest};
+use agent_orchestrator::queue::{Depth, Message, QueueError, TaskQueue};
 use agent_orchestrator::scheduler::{self, Context, Settings};
 use agent_orchestrator::store::sqlite::SqliteBackend;
 use agent_orchestrator::store::{TaskFilter, TaskStore};
@@ -252,4 +253,119 @@ async fn a_standby_coordinator_takes_cancels() {
         .expect("cancel on the standby");
     assert!(marked.cancel_requested);
     assert_eq!(marked.status, Status::Dispatched, "its loop stops it");
+}
+
+/// The SQLite queue, counting what is sent to it per task.
+struct CountingQueue {
+    inner: Arc<SqliteBackend>,
+    sends: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+#[async_trait::async_trait]
+impl TaskQueue for CountingQueue {
+    async fn send(
+        &self,
+        agent_type: &str,
+        task_id: &str,
+        priority: i64,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        *self
+            .sends
+            .lock()
+            .unwrap()
+            .entry(task_id.to_owned())
+            .or_default() += 1;
+        self.inner.send(agent_type, task_id, priority, delay).await
+    }
+    async fn receive(
+        &self,
+        agent_type: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
+        self.inner.receive(agent_type, max, visibility).await
+    }
+    async fn ack(&self, agent_type: &str, receipt: &str) -> Result<(), QueueError> {
+        self.inner.ack(agent_type, receipt).await
+    }
+    async fn nack(
+        &self,
+        agent_type: &str,
+        receipt: &str,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        self.inner.nack(agent_type, receipt, delay).await
+    }
+    async fn depth(&self, agent_type: &str) -> Result<Depth, QueueError> {
+        self.inner.depth(agent_type).await
+    }
+}
+
+/// On SQS every re-send of the stale-queued sweep is one more message: a task waiting in a
+/// backlog is re-sent when a sweep first finds it, then at doubling intervals, not on every
+/// sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waiting_in_the_backlog_is_not_resent_on_every_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = config::decode(
+        r#"{"cluster_name": "t", "agent_types": {"w": {"image": "local", "cpu_limit": 1, "memory_limit": "64MB", "max_instances": 1, "command": "sleep", "args": ["30"]}}}"#,
+        Format::Json,
+        "inputs.json",
+    )
+    .unwrap();
+    let backend = Arc::new(SqliteBackend::open(&dir.path().join("db.sqlite")).unwrap());
+    let queue = Arc::new(CountingQueue {
+        inner: backend.clone(),
+        sends: Default::default(),
+    });
+    let (notifier, changes) = tokio::sync::mpsc::unbounded_channel();
+    let local =
+        LocalExecutor::new(LocalExecutorConfig::new(dir.path().join("runs")), notifier).unwrap();
+    let settings = Settings {
+        sweep_interval: Duration::from_millis(200),
+        resync_interval: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let ctx = Context::new(
+        backend.clone(),
+        queue.clone(),
+        Arc::new(local),
+        Arc::new(inputs),
+        settings,
+    );
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(scheduler::run(ctx.clone(), changes, shutdown_rx));
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let request = SubmitRequest {
+            agent_type: "w".into(),
+            payload: serde_json::json!({ "n": n }),
+            ..Default::default()
+        };
+        ids.push(intake::submit(&ctx, request).await.unwrap().0.id);
+    }
+    // One runs (30 s), three wait. 15 sweeps of 200 ms: re-sent at about 0.2, 0.4, 0.8, 1.6 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting: Vec<String> = {
+        let mut waiting = Vec::new();
+        for id in &ids {
+            if backend.get(id).await.unwrap().unwrap().status == Status::Queued {
+                waiting.push(id.clone());
+            }
+        }
+        waiting
+    };
+    assert_eq!(waiting.len(), 3, "one runs, three wait");
+    let sends = queue.sends.lock().unwrap().clone();
+    for id in &waiting {
+        let n = sends.get(id).copied().unwrap_or(0);
+        // The intake's send, then the sweep's: at least two (the sweep ran), far fewer than 15.
+        assert!((2..=7).contains(&n), "task {id} sent {n} times: {sends:?}");
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), scheduler).await;
+    for id in &ids {
+        let _ = intake::cancel(&ctx, id).await;
+    }
 }

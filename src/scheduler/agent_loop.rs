@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::breaker::{Breaker, CircuitState};
+use super::resend::ResendBackoff;
 use super::{AgentStatus, Context};
 use crate::config::AgentType;
 use crate::executor::{ExecError, Outcome, RunState, StopReason};
@@ -174,6 +175,8 @@ pub(super) struct AgentLoop {
     breaker: Breaker,
     last_resync: Instant,
     last_sweep: Instant,
+    /// How often the sweep may re-send each task that stays queued (a job holds it).
+    resends: Arc<std::sync::Mutex<ResendBackoff>>,
     /// A resync read is under way (a job).
     resyncing: bool,
     /// Earliest retry that was sent with a delay, to wake up for it.
@@ -221,6 +224,7 @@ impl AgentLoop {
         let s = &ctx.settings;
         let breaker = Breaker::new(s.breaker_threshold, s.breaker_cooldown);
         let max_attempts = ctx.inputs.max_attempts_for(&agent);
+        let sweep_interval = s.sweep_interval;
         AgentLoop {
             ctx,
             agent: Arc::new(agent),
@@ -238,6 +242,7 @@ impl AgentLoop {
             breaker,
             last_resync: Instant::now(),
             last_sweep: Instant::now(),
+            resends: Arc::new(std::sync::Mutex::new(ResendBackoff::new(sweep_interval))),
             resyncing: false,
             next_retry: None,
             draining: false,
@@ -326,7 +331,14 @@ impl AgentLoop {
                 warn!(agent_type = %self.agent.name, error = %e, "cannot read the ledger; will retry")
             }
         }
-        sweep(&self.ctx, &self.agent.name, now_ms(), 100_000).await;
+        sweep(
+            &self.ctx,
+            &self.agent.name,
+            now_ms(),
+            100_000,
+            &self.resends,
+        )
+        .await;
         if !self.active.is_empty() {
             info!(agent_type = %self.agent.name, active = self.active.len(), "re-adopting active tasks");
         }
@@ -445,8 +457,9 @@ impl AgentLoop {
             self.last_sweep = now;
             let before = now_ms() - self.ctx.settings.sweep_interval.as_millis() as Millis;
             let (ctx, name) = (self.ctx.clone(), self.agent.name.clone());
+            let resends = self.resends.clone();
             self.spawn_job(async move {
-                sweep(&ctx, &name, before, 1000).await;
+                sweep(&ctx, &name, before, 1000, &resends).await;
                 Done::Nothing
             });
         }
@@ -1442,14 +1455,25 @@ impl AgentLoop {
 }
 
 /// Re-sends queued tasks of `agent_type` last written before `before` (a crash between the
-/// store write and the queue send leaves a task with no message; sending one that waits is a
-/// no-op).
-async fn sweep(ctx: &Context, agent_type: &str, before: Millis, limit: usize) {
+/// store write and the queue send leaves a task with no message; on SQLite sending one that
+/// waits is a no-op, on SQS a second message), each as often as `resends` allows.
+async fn sweep(
+    ctx: &Context,
+    agent_type: &str,
+    before: Millis,
+    limit: usize,
+    resends: &std::sync::Mutex<ResendBackoff>,
+) {
     let tasks = match ctx.store.stale_queued(agent_type, before, limit).await {
         Ok(tasks) => tasks,
         Err(e) => return warn!(%agent_type, error = %e, "sweep failed"),
     };
-    for task in tasks {
+    let stale: Vec<TaskId> = tasks.iter().map(|t| t.id.clone()).collect();
+    let due: HashSet<TaskId> = match resends.lock() {
+        Ok(mut resends) => resends.due(&stale, Instant::now()).into_iter().collect(),
+        Err(_) => stale.into_iter().collect(),
+    };
+    for task in tasks.into_iter().filter(|t| due.contains(&t.id)) {
         let delay = Duration::from_millis(task.not_before.saturating_sub(now_ms()).max(0) as u64);
         if let Err(e) = ctx
             .queue

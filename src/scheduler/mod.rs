@@ -14,6 +14,7 @@
 
 mod agent_loop;
 pub mod breaker;
+mod resend;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
