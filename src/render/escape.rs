@@ -55,9 +55,14 @@ pub fn hcl_heredoc(text: &str) -> String {
     if !representable {
         return hcl_string(text);
     }
+    // No line may even start with the marker: the jobspec parser ends a heredoc at a line
+    // like `EOT}` too, not only at a bare `EOT`.
     let mut marker = "EOT".to_string();
     let mut n = 0;
-    while text.lines().any(|line| line.trim() == marker) {
+    while text
+        .lines()
+        .any(|line| line.trim_start().starts_with(marker.as_str()))
+    {
         n += 1;
         marker = format!("EOT{n}");
     }
@@ -148,6 +153,9 @@ mod tests {
             ("{\n  \"a\": 1\n}\n", "<<EOT\n{\n  \"a\": 1\n}\nEOT"),
             ("x ${y} %{z} \\ \"\n", "<<EOT\nx $${y} %%{z} \\ \"\nEOT"),
             ("EOT\n  EOT1\nb\n", "<<EOT2\nEOT\n  EOT1\nb\nEOT2"),
+            // A line that starts with the marker ends the heredoc for the parser (found by
+            // the round-trip property below).
+            ("\nEOT}\n", "<<EOT1\n\nEOT}\nEOT1"),
             // Not representable as a heredoc: quoted instead.
             ("no newline at the end", "\"no newline at the end\""),
             ("bell\u{7}\n", "\"bell\\u0007\\n\""),
@@ -172,6 +180,17 @@ mod tests {
         json["Job"]["TaskGroups"][0]["Tasks"][0]["Env"]["X"]
             .as_str()
             .map(str::to_string)
+    }
+
+    #[test]
+    fn heredocs_read_back_unchanged() {
+        for text in ["\nEOT}\n", "EOT\n  EOT1\nb\n", "EOTX\n", " EOT \n", "x\n"] {
+            assert_eq!(
+                round_trip_with(text, hcl_heredoc).as_deref(),
+                Some(text),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
