@@ -204,16 +204,14 @@ pub async fn secret_value(config: &SdkConfig, arn: &str) -> Result<Vec<u8>, Secr
             }
         })?;
     let bytes = match (out.secret_string(), out.secret_binary()) {
-        (Some(text), _) => text.as_bytes().to_vec(),
-        (None, Some(blob)) => blob.as_ref().to_vec(),
-        (None, None) => {
-            return Err(SecretError::Invalid {
-                arn: arn.to_owned(),
-                message: "the secret has no value".into(),
-            })
-        }
+        (Some(text), _) => text.as_bytes(),
+        (None, Some(blob)) => blob.as_ref(),
+        (None, None) => &[],
     };
-    Ok(String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
+    crate::config::trimmed_secret(bytes).ok_or_else(|| SecretError::Invalid {
+        arn: arn.to_owned(),
+        message: "the secret has no value".into(),
+    })
 }
 
 /// The error text of an SDK error, with its causes (the SDK's `Display` alone says only

@@ -95,8 +95,11 @@ pub fn parse(body: Option<&str>) -> Result<Report, String> {
     let report: Report = serde_json::from_str(body).map_err(|e| {
         format!("body is not a result report {{\"task_id\", \"attempt\", \"result\"}}: {e}")
     })?;
-    if report.task_id.is_empty() || report.task_id.len() > 256 {
-        return Err("task_id must be 1 to 256 characters".into());
+    if !crate::task::is_task_id_shaped(&report.task_id) {
+        return Err(format!(
+            "task_id {:?} is not a task id (1 to 256 of A-Z a-z 0-9 - _ . :)",
+            report.task_id
+        ));
     }
     if report.attempt == 0 {
         return Err("attempt must be at least 1 (AO_ATTEMPT)".into());
@@ -262,6 +265,7 @@ async fn handle(ctx: &Context, queue: &dyn ResultQueue, delivery: Delivery) {
     let verdict = record(ctx.store.as_ref(), ctx.fence(), &report).await;
     match &verdict {
         Verdict::Recorded => {
+            ctx.reread_held(task_id);
             info!(%task_id, attempt, message_id, "recorded an agent's result from the result queue")
         }
         Verdict::Unchanged => debug!(%task_id, attempt, message_id, "result already recorded"),

@@ -189,16 +189,8 @@ impl ServeSettings {
             (None, Some(inputs)) => inputs,
             (None, None) => Inputs::embedded_default(),
         };
-        let duration = |flag: &Option<String>,
-                        file: &Option<String>,
-                        name: &str,
-                        default: Duration|
-         -> Result<Duration, ServeConfigError> {
-            match flag.as_ref().or(file.as_ref()) {
-                None => Ok(default),
-                Some(text) => units::parse_duration(text)
-                    .map_err(|e| ServeConfigError(format!("--{name}: {e}"))),
-            }
+        let duration = |flag: &Option<String>, file: &Option<String>, name, default| {
+            setting(flag, file, name, default, units::parse_duration)
         };
         let mut scheduler = Settings::default();
         scheduler.retry_base = duration(
@@ -270,7 +262,13 @@ impl ServeSettings {
                 "shutdown-grace",
                 Duration::from_secs(10),
             )?,
-            runs_retention: runs_retention(&args.runs_retention, &merged.runs_retention)?,
+            runs_retention: setting(
+                &args.runs_retention,
+                &merged.runs_retention,
+                "runs-retention",
+                Some(retention::DEFAULT_RETENTION),
+                retention::parse_retention,
+            )?,
             scheduler,
             log_format: args
                 .log_format
@@ -298,30 +296,28 @@ impl ServeSettings {
     }
 }
 
-/// `--runs-retention`, from the flag (or environment) or the config file, else the default.
-fn runs_retention(
+/// A setting from the flag (or its environment variable), else the config file, else
+/// `default`; a value `parse` refuses is an error naming `--<name>`.
+fn setting<T>(
     flag: &Option<String>,
     file: &Option<String>,
-) -> Result<Option<Duration>, ServeConfigError> {
+    name: &str,
+    default: T,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ServeConfigError> {
     match flag.as_ref().or(file.as_ref()) {
-        None => Ok(Some(retention::DEFAULT_RETENTION)),
-        Some(text) => retention::parse_retention(text)
-            .map_err(|e| ServeConfigError(format!("--runs-retention: {e}"))),
+        None => Ok(default),
+        Some(text) => parse(text).map_err(|e| ServeConfigError(format!("--{name}: {e}"))),
     }
 }
 
 fn read_secret(path: &Path, flag: &str) -> Result<String, ServeConfigError> {
     // The error names the file, never its contents.
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| ServeConfigError(format!("{flag} {}: cannot read: {e}", path.display())))?;
-    let secret = text.trim().to_string();
-    if secret.is_empty() {
-        return Err(ServeConfigError(format!(
-            "{flag} {}: file is empty",
-            path.display()
-        )));
-    }
-    Ok(secret)
+    let secret = crate::config::trimmed_secret(&bytes)
+        .ok_or_else(|| ServeConfigError(format!("{flag} {}: file is empty", path.display())))?;
+    Ok(String::from_utf8_lossy(&secret).into_owned())
 }
 
 /// Reads the config file's `serve` block into the same shape as the flags.
@@ -651,11 +647,11 @@ async fn with_github_key(mut settings: ServeSettings) -> Result<ServeSettings, S
     let Some(github) = settings.github.as_mut() else {
         return Ok(settings);
     };
-    if github.private_key_secret_arn.is_none() {
+    let Some(arn) = github.private_key_secret_arn.clone() else {
         return Ok(settings);
-    }
+    };
     let config = crate::aws::sdk_config(&AwsSettings::default()).await;
-    github.load_private_key(&config).await.map_err(|e| {
+    github.load_private_key(&config, &arn).await.map_err(|e| {
         let message = format!("--github-private-key-secret-arn: {e}");
         match e {
             SecretError::Invalid { .. } => ServeError::Config(ServeConfigError(message)),
@@ -722,7 +718,6 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
     let settings = with_github_key(settings).await?;
     let (notifier, changes) = mpsc::unbounded_channel();
     let backends = build_backends(&settings, notifier).await?;
-    let runs_store = backends.store.clone();
     let ctx = Context::new(
         backends.store,
         backends.queue,
@@ -798,7 +793,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         tokio::spawn(retention::run(
             root,
             settings.runs_retention,
-            runs_store,
+            ctx.store.clone(),
             shutdown_rx.clone(),
         ))
     });

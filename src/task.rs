@@ -11,6 +11,16 @@ use serde::{Deserialize, Serialize};
 /// Task id: a UUIDv7 (time-ordered), so ids sort by creation and page cheaply.
 pub type TaskId = String;
 
+/// A task id as the coordinator makes them (UUIDs) or tests do: short, printable, no spaces.
+/// What arrives from a queue is checked against it before the store is asked.
+pub fn is_task_id_shaped(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 256
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
 pub fn new_task_id() -> TaskId {
     uuid::Uuid::now_v7().to_string()
 }

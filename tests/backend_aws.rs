@@ -113,7 +113,7 @@ async fn sqs_receive_loops_past_ten_and_unknown_types_are_refused() {
             .expect("receive");
         assert_eq!(got.len(), 25, "receive loops over SQS's 10 per call");
         let receipts: Vec<String> = got.iter().map(|m| m.receipt.clone()).collect();
-        queue.ack_batch("many", &receipts).await.expect("ack batch");
+        queue.ack_many("many", &receipts).await.expect("ack batch");
         let depth = queue.depth("many").await.expect("depth");
         assert_eq!((depth.visible, depth.in_flight), (0, 0), "{depth:?}");
         assert!(matches!(

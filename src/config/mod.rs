@@ -769,6 +769,14 @@ impl Decoder {
 }
 
 /// Lowercase letters, digits and inner dashes: safe in Nomad job ids and AWS names.
+/// A secret as read from a file or a secret store: surrounding whitespace (the newline editors
+/// add) dropped; `None` when nothing is left.
+pub fn trimmed_secret(bytes: &[u8]) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(bytes);
+    let trimmed = text.trim();
+    (!trimmed.is_empty()).then(|| trimmed.as_bytes().to_vec())
+}
+
 pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('-')

@@ -232,3 +232,13 @@ proptest::proptest! {
         let _ = decode(&text, Format::Hcl, "fuzz.hcl");
     }
 }
+
+#[test]
+fn secrets_lose_surrounding_whitespace_and_an_empty_one_is_none() {
+    assert_eq!(
+        super::trimmed_secret(b"  s3cret\n"),
+        Some(b"s3cret".to_vec())
+    );
+    assert_eq!(super::trimmed_secret(b" \n\t"), None);
+    assert_eq!(super::trimmed_secret(b""), None);
+}

@@ -768,11 +768,8 @@ fn read_secret_file(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, Strin
     // Errors name the file, never its content.
     let bytes =
         std::fs::read(path).map_err(|e| format!("{flag} {}: cannot read: {e}", path.display()))?;
-    let trimmed = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
-    if trimmed.is_empty() {
-        return Err(format!("{flag} {}: file is empty", path.display()));
-    }
-    Ok(trimmed)
+    crate::config::trimmed_secret(&bytes)
+        .ok_or_else(|| format!("{flag} {}: file is empty", path.display()))
 }
 
 impl GithubSettings {
@@ -849,21 +846,18 @@ impl GithubSettings {
         }))
     }
 
-    /// Reads the private key from Secrets Manager when it was given as an ARN (feature
-    /// `aws`); a no-op otherwise. Errors name the ARN, never the key.
+    /// Reads the private key from the Secrets Manager secret `arn` (feature `aws`; `resolve`
+    /// allows an ARN only without a key from a file or the environment). Errors name the ARN,
+    /// never the key.
     #[cfg(feature = "aws")]
     pub async fn load_private_key(
         &mut self,
         config: &aws_config::SdkConfig,
+        arn: &str,
     ) -> Result<(), crate::aws::SecretError> {
-        if self.private_key.is_some() {
-            return Ok(());
-        }
-        if let Some(arn) = &self.private_key_secret_arn {
-            let key = crate::aws::secret_value(config, arn).await?;
-            info!(secret = %arn, "GitHub App private key read from Secrets Manager");
-            self.private_key = Some(Secret::new(key));
-        }
+        let key = crate::aws::secret_value(config, arn).await?;
+        info!(secret = %arn, "GitHub App private key read from Secrets Manager");
+        self.private_key = Some(Secret::new(key));
         Ok(())
     }
 

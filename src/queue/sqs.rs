@@ -16,7 +16,7 @@
 //!   scheduler calls it from its loop; the explicit value overrides the queue's 20 s default.
 //!   The visibility timeout is rounded up to whole seconds. `receive_count` is
 //!   `ApproximateReceiveCount`.
-//! - `ack`: DeleteMessage; `ack_many`: DeleteMessageBatch ([`SqsQueue::ack_batch`]); `nack`:
+//! - `ack`: DeleteMessage; `ack_many`: DeleteMessageBatch; `nack`:
 //!   ChangeMessageVisibility (which also extends the visibility of a message being held). An unknown, malformed or expired receipt is not an error (the
 //!   message is simply delivered again: at-least-once).
 //! - `depth`: `ApproximateNumberOfMessages`, `…NotVisible`, `…Delayed`.
@@ -65,6 +65,8 @@ use crate::results::{Delivery, ResultQueue};
 
 /// Most messages one ReceiveMessage returns.
 pub const MAX_RECEIVE_BATCH: usize = 10;
+/// Longest long poll SQS accepts (`WaitTimeSeconds`), also the queues' default.
+const MAX_WAIT: Duration = Duration::from_secs(queue_settings::RECEIVE_WAIT_TIME_SECONDS as u64);
 /// Longest `DelaySeconds` SQS accepts.
 pub const MAX_DELAY: Duration = Duration::from_secs(900);
 /// Longest visibility timeout SQS accepts (12 h).
@@ -130,21 +132,12 @@ fn whole_seconds(d: Duration, max: Duration) -> i32 {
     i32::try_from(secs).unwrap_or(i32::MAX)
 }
 
-/// A task id as the coordinator makes them (UUIDs) or tests do: short, printable, no spaces.
-fn valid_task_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 256
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-}
-
 /// Why a message body is not a task reference, or the task id it names.
 fn parse_body(body: Option<&str>) -> Result<String, String> {
     let body = body.ok_or("message has no body")?;
     let parsed: Body =
         serde_json::from_str(body).map_err(|e| format!("body is not a task reference: {e}"))?;
-    if valid_task_id(&parsed.task_id) {
+    if crate::task::is_task_id_shaped(&parsed.task_id) {
         Ok(parsed.task_id)
     } else {
         Err(format!("invalid task id {:?}", parsed.task_id))
@@ -354,40 +347,6 @@ impl SqsQueue {
             Err(e) => Err(unavailable(format!("DeleteMessage: {}", describe(&e)))),
         }
     }
-
-    /// Deletes several received messages with DeleteMessageBatch (10 a call). Receipts SQS
-    /// refuses as invalid count as deleted, like [`TaskQueue::ack`].
-    pub async fn ack_batch(&self, agent_type: &str, receipts: &[String]) -> Result<(), QueueError> {
-        let url = self.queue_url(agent_type).await?;
-        let receipts: Vec<&String> = receipts.iter().filter(|r| !r.is_empty()).collect();
-        for chunk in receipts.chunks(MAX_RECEIVE_BATCH) {
-            let mut request = self.client.delete_message_batch().queue_url(&url);
-            for (i, receipt) in chunk.iter().enumerate() {
-                let entry = DeleteMessageBatchRequestEntry::builder()
-                    .id(format!("m{i}"))
-                    .receipt_handle(receipt.as_str())
-                    .build()
-                    .map_err(|e| unavailable(e.to_string()))?;
-                request = request.entries(entry);
-            }
-            let out = request
-                .send()
-                .await
-                .map_err(|e| unavailable(format!("DeleteMessageBatch: {}", describe(&e))))?;
-            for failed in out.failed() {
-                if failed.sender_fault() && is_receipt_error(Some(failed.code())) {
-                    continue;
-                }
-                return Err(unavailable(format!(
-                    "DeleteMessageBatch entry {}: {} {}",
-                    failed.id(),
-                    failed.code(),
-                    failed.message().unwrap_or("")
-                )));
-            }
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -435,10 +394,7 @@ impl TaskQueue for SqsQueue {
             return Ok(Vec::new());
         }
         let visibility = whole_seconds(visibility, MAX_VISIBILITY);
-        let mut wait = whole_seconds(
-            self.options.wait_time,
-            Duration::from_secs(u64::from(queue_settings::RECEIVE_WAIT_TIME_SECONDS)),
-        );
+        let mut wait = whole_seconds(self.options.wait_time, MAX_WAIT);
         let mut out = Vec::new();
         while out.len() < max {
             let asked = (max - out.len()).min(MAX_RECEIVE_BATCH);
@@ -484,11 +440,7 @@ impl TaskQueue for SqsQueue {
                     .and_then(|v| v.string_value())
                     .and_then(|v| v.parse::<i64>().ok())
                     .unwrap_or(0);
-                let receive_count = m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|v| v.parse::<u32>().ok())
-                    .unwrap_or(1);
+                let receive_count = receive_count(m);
                 out.push(Message {
                     task_id,
                     receipt: receipt.to_owned(),
@@ -508,8 +460,38 @@ impl TaskQueue for SqsQueue {
         self.delete(&url, receipt).await
     }
 
+    /// DeleteMessageBatch, 10 a call. Receipts SQS refuses as invalid count as deleted, like
+    /// [`TaskQueue::ack`].
     async fn ack_many(&self, agent_type: &str, receipts: &[String]) -> Result<(), QueueError> {
-        self.ack_batch(agent_type, receipts).await
+        let url = self.queue_url(agent_type).await?;
+        let receipts: Vec<&String> = receipts.iter().filter(|r| !r.is_empty()).collect();
+        for chunk in receipts.chunks(MAX_RECEIVE_BATCH) {
+            let mut request = self.client.delete_message_batch().queue_url(&url);
+            for (i, receipt) in chunk.iter().enumerate() {
+                let entry = DeleteMessageBatchRequestEntry::builder()
+                    .id(format!("m{i}"))
+                    .receipt_handle(receipt.as_str())
+                    .build()
+                    .map_err(|e| unavailable(e.to_string()))?;
+                request = request.entries(entry);
+            }
+            let out = request
+                .send()
+                .await
+                .map_err(|e| unavailable(format!("DeleteMessageBatch: {}", describe(&e))))?;
+            for failed in out.failed() {
+                if failed.sender_fault() && is_receipt_error(Some(failed.code())) {
+                    continue;
+                }
+                return Err(unavailable(format!(
+                    "DeleteMessageBatch entry {}: {} {}",
+                    failed.id(),
+                    failed.code(),
+                    failed.message().unwrap_or("")
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn nack(
@@ -569,7 +551,6 @@ impl TaskQueue for SqsQueue {
     }
 }
 
-/// URL of `name`, or `None` when the queue does not exist.
 /// The result queue: ReceiveMessage (long poll), DeleteMessage, and the task queues' DLQ for
 /// reports that cannot be recorded.
 #[async_trait]
@@ -585,7 +566,7 @@ impl ResultQueue for SqsQueue {
             .receive_message()
             .queue_url(&url)
             .max_number_of_messages(MAX_RECEIVE_BATCH as i32)
-            .wait_time_seconds(whole_seconds(wait, Duration::from_secs(20)))
+            .wait_time_seconds(whole_seconds(wait, MAX_WAIT))
             .visibility_timeout(whole_seconds(visibility, MAX_VISIBILITY))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
@@ -596,11 +577,7 @@ impl ResultQueue for SqsQueue {
             .iter()
             .filter_map(|m| {
                 let receipt = m.receipt_handle()?;
-                let receive_count = m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|v| v.parse::<u32>().ok())
-                    .unwrap_or(1);
+                let receive_count = receive_count(m);
                 Some(Delivery {
                     message_id: m.message_id().unwrap_or("?").to_owned(),
                     receipt: receipt.to_owned(),
@@ -636,6 +613,15 @@ impl ResultQueue for SqsQueue {
     }
 }
 
+/// `ApproximateReceiveCount` of a received message (1 when SQS did not say).
+fn receive_count(m: &aws_sdk_sqs::types::Message) -> u32 {
+    m.attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+}
+
+/// URL of `name`, or `None` when the queue does not exist.
 async fn existing_queue(client: &Client, name: &str) -> Result<Option<String>, String> {
     match client.get_queue_url().queue_name(name).send().await {
         Ok(out) => Ok(out.queue_url().map(str::to_owned)),

@@ -65,14 +65,14 @@ impl ShippedJob {
                     template: AGENT_TEMPLATE.to_string(),
                     message: format!(
                         "{}: contains `{delimiter}`, which the coordinator job uses to ship it as a Nomad template; remove it from the inputs of agent type `{}`",
-                        join(out_dir, &format!("{}.nomad.hcl", job.name)),
+                        join(out_dir, &job.hcl_file_name()),
                         job.agent_type.as_deref().unwrap_or("?")
                     ),
                 });
             }
         }
         Ok(ShippedJob {
-            destination: format!("local/jobs/{}.nomad.hcl", job.name),
+            destination: format!("local/jobs/{}", job.hcl_file_name()),
             hcl: job.hcl.clone(),
         })
     }

@@ -194,6 +194,15 @@ impl Context {
         self.wake(agent_type);
     }
 
+    /// As [`Self::reread`], for a writer that knows only the task (the result consumer): the
+    /// loop holding it, if one does, re-reads it before its own next write instead of losing
+    /// a compare-and-set to this one.
+    pub(crate) fn reread_held(&self, task_id: &str) {
+        if let Some(agent_type) = self.owner_of(task_id) {
+            self.reread(&agent_type, task_id);
+        }
+    }
+
     /// The tasks [`Self::reread`] asked `agent_type`'s loop to read again.
     pub(crate) fn take_rereads(&self, agent_type: &str) -> Vec<TaskId> {
         self.signals

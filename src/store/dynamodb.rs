@@ -407,19 +407,15 @@ impl DynamoStore {
         }
     }
 
-    async fn scan_tasks(&self, projection: Option<&str>) -> Result<Vec<Item>, StoreError> {
-        let mut request = self
-            .client
+    /// Agent type and status of every task (a Scan: `counts` only, which tests use).
+    async fn scan_types_and_statuses(&self) -> Result<Vec<Item>, StoreError> {
+        self.client
             .scan()
             .table_name(&self.table)
             .filter_expression("attribute_exists(#st)")
-            .expression_attribute_names("#st", "status");
-        if let Some(projection) = projection {
-            request = request
-                .projection_expression(projection)
-                .expression_attribute_names("#at", "agent_type");
-        }
-        request
+            .projection_expression("#at, #st")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#at", "agent_type")
             .into_paginator()
             .items()
             .send()
@@ -590,7 +586,7 @@ impl TaskStore for DynamoStore {
     }
 
     async fn counts(&self) -> Result<Vec<(String, Status, u64)>, StoreError> {
-        let items = self.scan_tasks(Some("#at, #st")).await?;
+        let items = self.scan_types_and_statuses().await?;
         let mut counts: BTreeMap<(String, Status), u64> = BTreeMap::new();
         for item in &items {
             let (Some(AttributeValue::S(agent_type)), Some(AttributeValue::S(status))) =

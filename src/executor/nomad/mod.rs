@@ -98,9 +98,10 @@ struct ParentJob {
     id: String,
     /// The job in API form (the `Job` object).
     spec: serde_json::Value,
-    /// Whether its `parameterized` block accepts [`RESULT_QUEUE_META`] (Nomad refuses a
-    /// dispatch with meta keys the job does not declare).
-    takes_result_queue: bool,
+    /// The result queue URL its dispatches carry as [`RESULT_QUEUE_META`]: only when there is
+    /// one and the job's `parameterized` block declares the key (Nomad refuses a dispatch with
+    /// meta keys the job does not declare).
+    result_queue_url: Option<String>,
 }
 
 type AttemptKey = (TaskId, u32);
@@ -108,7 +109,6 @@ type AttemptKey = (TaskId, u32);
 struct Inner {
     client: NomadClient,
     parents: BTreeMap<String, ParentJob>,
-    result_queue_url: Option<String>,
     registered: Mutex<HashSet<String>>,
     children: Mutex<HashMap<AttemptKey, String>>,
     stops: Mutex<HashMap<AttemptKey, StopReason>>,
@@ -177,14 +177,16 @@ impl NomadExecutor {
                 ParentJob {
                     id,
                     spec,
-                    takes_result_queue,
+                    result_queue_url: config
+                        .result_queue_url
+                        .clone()
+                        .filter(|_| takes_result_queue),
                 },
             );
         }
         let inner = Arc::new(Inner {
             client,
             parents,
-            result_queue_url: config.result_queue_url,
             registered: Mutex::new(HashSet::new()),
             children: Mutex::new(HashMap::new()),
             stops: Mutex::new(HashMap::new()),
@@ -369,7 +371,7 @@ impl Executor for NomadExecutor {
             ("task_id".to_string(), task.id.clone()),
             ("attempt".to_string(), task.attempt.to_string()),
         ]);
-        if let (Some(url), true) = (&inner.result_queue_url, parent.takes_result_queue) {
+        if let Some(url) = &parent.result_queue_url {
             meta.insert(RESULT_QUEUE_META.to_string(), url.clone());
         }
         let request = DispatchRequest {
