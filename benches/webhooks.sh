@@ -34,6 +34,16 @@
 # Measured, not done: with no WAL checkpoints on the writer thread +17 %; the github.db row
 # written without waiting for it +12 %; p99 stays above the peer's either way (our work spans
 # four busy threads on two cores shared with wrk, the peer is one thread).
+# Fifth session (2026-11-23, interleaved with the peer, a noisier box: octokit 5,554-8,927/s, p99
+# 8.9-13 ms). Found by bisecting the tail: the scheduler's queue-depth count read every queued
+# row on the store's one writer thread (~10 ms with the benchmark's 100k backlog, every few
+# hundred ms), stalling every request behind it; it now reads a trigger-kept counter and the
+# hidden rows only. And the github.db row is queued, not awaited (repaired at start). With
+# SQLite's own checkpoints turned off, as an experiment, that gave 11,410-12,513/s with p99
+# 5.7-6.1 ms against octokit's 7,260-8,335/s and 10.8-11.9 ms; with them on (as shipped)
+# 8,196-8,352/s, p99 12-12.5 ms, against 5,554-6,902/s and 12.4-13.1 ms. Checkpointing from a
+# second thread was tried and dropped: under a steady stream of writes it never catches up, so
+# the WAL grew ~160 MB/s, and making the writer finish the job stalls it in the WAL's fsync.
 # SERVE_LOG=<file> keeps the coordinator's log.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)

@@ -750,7 +750,12 @@ pub async fn run(settings: ServeSettings) -> Result<(), ServeError> {
         webhook: match &settings.github {
             Some(github) => Some(
                 github
-                    .start(Some(&settings.data_dir), ctx.clone(), shutdown_rx.clone())
+                    .start(
+                        Some(&settings.data_dir),
+                        settings.store == StoreKind::Sqlite,
+                        ctx.clone(),
+                        shutdown_rx.clone(),
+                    )
                     .await
                     .map_err(ServeError::Runtime)?,
             ),

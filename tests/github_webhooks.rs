@@ -892,3 +892,95 @@ fn the_budget_holds_across_a_restart() {
     );
     assert_eq!(other["created"], true, "{other}");
 }
+
+/// A GitHub task stored by a delivery whose `github.db` row was never committed (the process
+/// died in between: the row is written after the task, unawaited) is tracked again, and counted
+/// on the budget, when the webhook side starts as the store's only coordinator; nothing else is.
+#[tokio::test]
+async fn a_github_task_left_untracked_by_a_crash_is_tracked_again_at_start() {
+    use agent_orchestrator::github::{GithubSettings, GithubSources};
+    use agent_orchestrator::intake::{self, SubmitRequest};
+    let h = harness(fixture_rules(), None, None);
+    let submit = |payload: Value, key: &str| SubmitRequest {
+        agent_type: "coder".into(),
+        payload,
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    };
+    let github_payload = json!({"source": "github", "repository": "o/r", "issue": 5,
+        "installation_id": 9, "trigger": {"event": "issues"}});
+    let (lost, _) = intake::submit(&h.ctx, submit(github_payload.clone(), "gh:o/r#5:coder:d1"))
+        .await
+        .unwrap();
+    // Look-alikes the API could make: a GitHub payload under another key, a plain task.
+    intake::submit(&h.ctx, submit(github_payload, "mine"))
+        .await
+        .unwrap();
+    intake::submit(&h.ctx, submit(json!({"n": 1}), "plain"))
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let settings = GithubSettings::resolve(&GithubSources {
+        webhook_secret_file: Some(secret),
+        ..GithubSources::default()
+    })
+    .unwrap()
+    .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let state_of = |data: &Path| StateDb::open(&data.join("github.db")).unwrap();
+
+    // Beside other coordinators (a shared store) the task may be another one's: left alone.
+    let shared = dir.path().join("shared");
+    settings
+        .start(Some(&shared), false, h.ctx.clone(), stopped.clone())
+        .await
+        .unwrap();
+    assert!(state_of(&shared).open_tasks().await.unwrap().is_empty());
+
+    let sole = dir.path().join("sole");
+    for _ in 0..2 {
+        settings
+            .start(Some(&sole), true, h.ctx.clone(), stopped.clone())
+            .await
+            .unwrap();
+        let state = state_of(&sole);
+        let open = state.open_tasks().await.unwrap();
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert_eq!(open[0].task_id, lost.id);
+        assert_eq!(
+            (
+                open[0].repository.as_str(),
+                open[0].number,
+                open[0].installation_id
+            ),
+            ("o/r", 5, Some(9))
+        );
+        let runs = state.budget_runs_since(0).await.unwrap().runs;
+        assert_eq!(
+            runs.len(),
+            1,
+            "counted once, however often it starts: {runs:?}"
+        );
+        assert_eq!(runs[0].started_at, lost.created_at);
+    }
+    let _ = stop.send(true);
+}
+
+#[tokio::test]
+async fn the_task_api_refuses_the_github_apps_idempotency_keys() {
+    let h = harness(fixture_rules(), None, None);
+    let request = Request::post("/tasks")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer api-token")
+        .body(Body::from(
+            json!({"agent_type": "coder", "idempotency_key": "gh:o/r#5:coder:d1"}).to_string(),
+        ))
+        .unwrap();
+    let (status, body) = h.send_raw(request).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("gh:"), "{body}");
+    assert!(h.tasks().await.is_empty());
+}

@@ -341,7 +341,6 @@ impl WebhookConfig {
                     comment_id: None,
                     reported: None,
                 })
-                .await
                 .map_err(|e| IntakeError::Invalid(e.to_string()))?;
             info!(task_id = %task.id, agent_type = %task.agent_type, repository = %trigger.repository, issue = trigger.number, "GitHub trigger enqueued a task");
         }
@@ -864,9 +863,15 @@ impl GithubSettings {
     /// Builds the webhook side (state file `github.db` in `data_dir`, or in memory) with the
     /// budgets it recorded and, when the app can authenticate, starts the progress reporter
     /// until `shutdown`.
+    ///
+    /// `sole_coordinator`: this process is the only one writing the task store (the embedded
+    /// store's file lock says so). Then the GitHub tasks a crash left untracked are tracked
+    /// again from the store before anything else ([`track_untracked_tasks`]); with a shared
+    /// store they may be another coordinator's, which reports them itself.
     pub async fn start(
         &self,
         data_dir: Option<&std::path::Path>,
+        sole_coordinator: bool,
         ctx: Arc<Context>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Arc<WebhookConfig>, String> {
@@ -897,6 +902,17 @@ impl GithubSettings {
             state,
             tracker.clone(),
         ));
+        if sole_coordinator {
+            match track_untracked_tasks(&ctx, &config.state).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    warn!(file = source, tasks = n, "GitHub tasks stored but not recorded before the last stop are tracked again")
+                }
+                Err(e) => {
+                    warn!(file = source, error = %e, "cannot look for GitHub tasks left untracked by the last stop")
+                }
+            }
+        }
         restore_budget_or_warn(&config, &source).await;
         let interval = config.progress_interval;
         // Runs even without a tracker: it starts the triggers waiting behind finished tasks.
@@ -917,6 +933,72 @@ impl GithubSettings {
         }
         Ok(config)
     }
+}
+
+/// Every idempotency key the GitHub side gives a task begins with this; the task API refuses
+/// it, so only a webhook delivery or a parent nudge makes a task that looks like a GitHub one.
+pub const KEY_PREFIX: &str = "gh:";
+
+/// Tracks again every unfinished task a webhook created whose `github.db` row was lost (the
+/// row is written after the task and not waited for, see [`StateDb::insert_budgeted`]): they
+/// are the stored tasks queued, dispatched or running with a GitHub payload and key and no row.
+/// Returns how many there were.
+async fn track_untracked_tasks(ctx: &Context, state: &StateDb) -> Result<usize, String> {
+    use crate::store::TaskFilter;
+    const PAGE: usize = 500;
+    use crate::task::Status;
+    let budget_since = crate::task::now_ms().saturating_sub(HOUR.as_millis() as Millis);
+    let mut missing = 0;
+    for status in [Status::Queued, Status::Dispatched, Status::Running] {
+        let filter = TaskFilter {
+            status: Some(status),
+            agent_type: None,
+        };
+        let mut cursor = None;
+        loop {
+            let page = ctx
+                .store
+                .list(&filter, PAGE, cursor.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            let from_github: Vec<_> = page.tasks.iter().filter_map(github_origin).collect();
+            if !from_github.is_empty() {
+                missing += state
+                    .track_missing(from_github, budget_since)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// The row a task created by the GitHub side would have, read back from the task (its payload
+/// as routing built it), with when it was created; `None` for any other task.
+fn github_origin(task: &crate::task::Task) -> Option<(Tracked, Millis)> {
+    let p = &task.payload;
+    let ours = p.get("source").and_then(Value::as_str) == Some("github")
+        && task
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with(KEY_PREFIX));
+    if !ours {
+        return None;
+    }
+    let tracked = Tracked {
+        task_id: task.id.clone(),
+        repository: p.get("repository")?.as_str()?.to_owned(),
+        number: p.get("issue")?.as_u64()?,
+        agent_type: task.agent_type.clone(),
+        installation_id: p.get("installation_id").and_then(Value::as_u64),
+        comment_id: None,
+        reported: None,
+    };
+    Some((tracked, task.created_at))
 }
 
 /// A budget that cannot be read back costs only the runs it remembered, not the coordinator:

@@ -2,9 +2,11 @@
 //! came from which issue, their status comment and the last status reported, the triggers waiting
 //! behind a running task, and the runs that count against the hourly budgets. Survives restarts.
 //!
-//! The connection lives on a [`Worker`] thread (`ao-github-db`): webhook deliveries write here on
-//! their request path, so concurrent writes share one group commit and no runtime thread waits
-//! on SQLite's file locks.
+//! The connection lives on a [`Worker`] thread (`ao-github-db`), so concurrent writes share one
+//! group commit and no runtime thread waits on SQLite's file locks. A delivery that created a
+//! task queues its row here without waiting for it ([`StateDb::insert_budgeted`]): requests run
+//! in the order they were queued, so every later read sees it, and a crash before it was
+//! committed is repaired at start from the task store ([`StateDb::track_missing`]).
 
 use std::path::Path;
 
@@ -154,14 +156,54 @@ impl StateDb {
         self.with(move |db| insert_tracked(db, &t, now)).await
     }
 
-    /// Records a task a trigger started on the budget: its row and its budget run, in the one
-    /// request the delivery already made.
-    pub async fn insert_budgeted(&self, t: &Tracked) -> Result<(), StateError> {
+    /// Records a task a trigger started on the budget, its row and its budget run, without
+    /// waiting for the commit: the webhook answers as soon as the task itself is stored. Later
+    /// requests to this database run after it, so they see it; if the process dies before it
+    /// is committed, [`Self::track_missing`] puts the row back at the next start. `Err` only
+    /// when the database's thread is gone; a failed commit is logged.
+    pub fn insert_budgeted(&self, t: &Tracked) -> Result<(), StateError> {
         let t = t.clone();
         let now = crate::task::now_ms();
+        let task_id = t.task_id.clone();
+        self.worker.submit(
+            move |db| {
+                insert_tracked(db, &t, now).map_err(err)?;
+                record_run(db, &t.repository, t.number, now).map_err(err)
+            },
+            move |result: Result<(), StateError>| {
+                if let Err(e) = result {
+                    tracing::error!(task_id = %task_id, error = %e, "cannot record the GitHub task; it is tracked again at the next start");
+                }
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Tracks the tasks in `started` (each with when it was created) that have no row yet,
+    /// which only a crash between storing a task and recording it leaves, and counts those
+    /// created since `budget_since` against the budget (a nudge or a waited trigger among them
+    /// is counted too: the budget errs toward fewer runs). Returns how many were missing.
+    pub async fn track_missing(
+        &self,
+        started: Vec<(Tracked, Millis)>,
+        budget_since: Millis,
+    ) -> Result<usize, StateError> {
         self.with(move |db| {
-            insert_tracked(db, &t, now)?;
-            record_run(db, &t.repository, t.number, now)
+            let mut missing = 0;
+            for (t, created_at) in &started {
+                let known = db.with("SELECT 1 FROM tracked WHERE task_id = ?1", |st| {
+                    st.query_row([&t.task_id], |_| Ok(())).optional()
+                })?;
+                if known.is_some() {
+                    continue;
+                }
+                insert_tracked(db, t, *created_at)?;
+                if *created_at >= budget_since {
+                    record_run(db, &t.repository, t.number, *created_at)?;
+                }
+                missing += 1;
+            }
+            Ok(missing)
         })
         .await
     }
@@ -453,7 +495,7 @@ mod tests {
         let db = StateDb::open(&path).unwrap();
         let start = crate::task::now_ms();
         // Counted: a task started on the budget, a trigger that starts waiting.
-        db.insert_budgeted(&tracked("t1", 1)).await.unwrap();
+        db.insert_budgeted(&tracked("t1", 1)).unwrap();
         assert!(db.defer(&waiting("k2", 2)).await.unwrap());
         // Not counted: the same trigger waiting again, a nudge or a waited trigger starting.
         assert!(!db.defer(&waiting("k2", 2)).await.unwrap());

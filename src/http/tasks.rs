@@ -61,6 +61,16 @@ async fn create(
             "depends_on is not supported on single tasks yet; submit a workflow".into(),
         ));
     }
+    if let Some(key) = body
+        .idempotency_key
+        .as_deref()
+        .filter(|k| k.starts_with(crate::github::KEY_PREFIX))
+    {
+        return Err(ApiError::Unprocessable(format!(
+            "idempotency_key `{key}`: keys beginning `{}` are the GitHub App's",
+            crate::github::KEY_PREFIX
+        )));
+    }
     let request = SubmitRequest {
         agent_type: body.agent_type,
         payload: body.payload,
