@@ -44,6 +44,17 @@
 # 8,196-8,352/s, p99 12-12.5 ms, against 5,554-6,902/s and 12.4-13.1 ms. Checkpointing from a
 # second thread was tried and dropped: under a steady stream of writes it never catches up, so
 # the WAL grew ~160 MB/s, and making the writer finish the job stalls it in the WAL's fsync.
+# Sixth session (2026-12-04, a slower box: octokit 4,343-5,218/s, p99 15.6-18.6 ms), interleaved,
+# 10 s each. The WAL is now copied by a checkpoint thread of its own and rewound by the writer
+# once per 64 MiB (a 2-6 ms pause where there were ~40 checkpoints/s inside commits; see
+# src/sqlite_worker/checkpoint.rs), and the github.db rows, which nobody waits on, linger up to
+# 10 ms to share a commit (that thread's CPU halved: ~2,000 commits/s of ~3 rows became ~100).
+# UNIQUE=1 MODE=enqueue: 8,601 / 9,183 / 7,387 / 6,810/s against octokit's 5,149 / 4,876 /
+# 4,684 / 4,343/s (1.57-1.88x), p99 10.1 / 8.7 / 11.2 / 12.3 ms against 17.5 / 18.4 / 16.6 /
+# 18.6 ms. Exact post.lua: 9,821 and 10,912/s (p99 9.2, 8.6 ms) against 5,218 and 4,960/s
+# (p99 17.0, 15.6 ms). Profile (perf, all threads, 2 cores): tokio workers 44 % (a third of it
+# the kernel's loopback TCP), the store's writer 20 % (a third of that in pwrite of WAL pages),
+# wrk 14 %, github.db 5 %, checkpoint threads 4 %, idle 10 %.
 # SERVE_LOG=<file> keeps the coordinator's log.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)

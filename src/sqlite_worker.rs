@@ -12,15 +12,26 @@
 //! statement only undoes itself, and if the commit fails every request in the batch is told so —
 //! nothing is reported before it is durable. A lone request runs in autocommit mode. Under load
 //! this turns one WAL append (and one round of file locks) per write into one per batch.
+//! A write nobody waits on ([`Worker::submit_in_background`]) may hold its batch open for up to
+//! [`LINGER`] so that more share its commit; a request someone waits on never waits for that.
+//!
+//! A database file in WAL mode is checkpointed by a second thread, not inside the writer's
+//! commits ([`checkpoint`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, Statement};
 use tokio::sync::oneshot;
+
+mod checkpoint;
+
+use checkpoint::{Checkpointer, Checkpoints};
+pub use checkpoint::{FORCE_FRAMES, RESTART_FRAMES};
 
 /// Most requests the worker runs in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -71,16 +82,36 @@ impl<'c> Db<'c> {
 type Job = Box<dyn FnOnce(&Db<'_>) -> Reply + Send>;
 type Reply = Box<dyn FnOnce(Option<Failed>) + Send>;
 
+/// Longest a batch of only [background](Worker::submit_in_background) requests waits for more
+/// before it commits: nobody waits on them, and one commit of many rows costs the thread (and
+/// the disk) a fraction of many commits of a few.
+pub const LINGER: Duration = Duration::from_millis(10);
+
+/// How long a lingering batch sleeps between looks at the channel.
+const LINGER_NAP: Duration = Duration::from_millis(1);
+
+/// A request on its way to the thread.
+struct Queued {
+    job: Job,
+    /// Nobody waits for its answer: it may linger ([`LINGER`]).
+    background: bool,
+}
+
 /// A connection on its own thread. Dropping the last handle drains the queue, then closes the
 /// connection and joins the thread.
 pub struct Worker {
     /// `None` only while dropping.
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: Option<mpsc::Sender<Queued>>,
     thread: Option<JoinHandle<()>>,
+    /// For a database file in WAL mode ([`checkpoint`]).
+    checkpointer: Option<Checkpointer>,
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
+        // The checkpointer's connection closes first, so the writer's is the last one and
+        // SQLite checkpoints and removes the WAL when it closes.
+        self.checkpointer = None;
         self.jobs = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -95,21 +126,65 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// Moves `conn` (configured and migrated already) into a thread called `name`.
+    /// Moves `conn` (configured and migrated already) into a thread called `name`. A database
+    /// file in WAL mode also gets a checkpoint thread ([`checkpoint`]).
     pub fn start(name: &str, conn: Connection) -> Result<Worker, Failed> {
+        Self::start_restarting_at(name, conn, RESTART_FRAMES)
+    }
+
+    /// As [`Self::start`], restarting the WAL at `restart_frames` pages (tests).
+    fn start_restarting_at(
+        name: &str,
+        conn: Connection,
+        restart_frames: i64,
+    ) -> Result<Worker, Failed> {
+        let (checkpointer, checkpoints) = match wal_file(&conn) {
+            Some(path) => match Checkpointer::start(name, &path, restart_frames) {
+                Some((checkpointer, shared)) => {
+                    conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+                        .map_err(|e| Failed(format!("cannot configure {}: {e}", path.display())))?;
+                    (Some(checkpointer), Some(shared))
+                }
+                None => (None, None),
+            },
+            None => (None, None),
+        };
         let (jobs, queue) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || run(conn, queue))
+            .spawn(move || run(conn, queue, checkpoints))
             .map_err(|e| Failed(format!("cannot start the {name} thread: {e}")))?;
         Ok(Worker {
             jobs: Some(jobs),
             thread: Some(thread),
+            checkpointer,
         })
     }
 
     /// Queues `f`; `answer` gets its result once the batch committed (or why it did not).
     pub fn submit<T, E, F, A>(&self, f: F, answer: A) -> Result<(), Failed>
+    where
+        T: Send + 'static,
+        E: From<Failed> + Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, E> + Send + 'static,
+        A: FnOnce(Result<T, E>) + Send + 'static,
+    {
+        self.queue(f, answer, false)
+    }
+
+    /// As [`Self::submit`], for a write nobody waits on: it may wait up to [`LINGER`] for
+    /// others to share its commit. A request submitted after it still runs after it.
+    pub fn submit_in_background<T, E, F, A>(&self, f: F, answer: A) -> Result<(), Failed>
+    where
+        T: Send + 'static,
+        E: From<Failed> + Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, E> + Send + 'static,
+        A: FnOnce(Result<T, E>) + Send + 'static,
+    {
+        self.queue(f, answer, true)
+    }
+
+    fn queue<T, E, F, A>(&self, f: F, answer: A, background: bool) -> Result<(), Failed>
     where
         T: Send + 'static,
         E: From<Failed> + Send + 'static,
@@ -127,7 +202,7 @@ impl Worker {
         });
         self.jobs
             .as_ref()
-            .and_then(|jobs| jobs.send(job).ok())
+            .and_then(|jobs| jobs.send(Queued { job, background }).ok())
             .ok_or_else(|| Failed("the sqlite thread has stopped".into()))
     }
 
@@ -162,21 +237,53 @@ impl Worker {
     }
 }
 
-fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
+/// The file behind `conn` when it is one in WAL mode.
+fn wal_file(conn: &Connection) -> Option<std::path::PathBuf> {
+    let path = conn.path().filter(|p| !p.is_empty())?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .ok()?;
+    mode.eq_ignore_ascii_case("wal").then(|| path.into())
+}
+
+fn run(conn: Connection, jobs: mpsc::Receiver<Queued>, checkpoints: Option<Arc<Checkpoints>>) {
     let db = Db {
         conn: &conn,
         cache: RefCell::default(),
     };
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Ok(job) = jobs.recv() {
-        batch.push(job);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    while let Ok(first) = jobs.recv() {
+        let linger_until = first.background.then(|| Instant::now() + LINGER);
+        let mut waited_on = !first.background;
+        batch.push(first.job);
+        loop {
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(next) => {
+                        waited_on |= !next.background;
+                        batch.push(next.job);
+                    }
+                    Err(_) => break,
+                }
             }
+            // Only a batch nobody waits on lingers, and only until its first request's time.
+            // It naps rather than waits on the channel: a sender then finds nobody to wake,
+            // and a request someone waits on is at most one nap late.
+            let left = match linger_until {
+                Some(until) if !waited_on && batch.len() < MAX_BATCH => {
+                    until.saturating_duration_since(Instant::now())
+                }
+                _ => break,
+            };
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(LINGER_NAP));
         }
         run_batch(&db, &mut batch);
+        if let Some(checkpoints) = &checkpoints {
+            checkpoints.after_batch(db.conn);
+        }
     }
 }
 
@@ -303,5 +410,114 @@ mod tests {
         );
         assert_eq!(insert(&w, "a"), Ok(1));
         assert!(matches!(insert(&w, "a"), Err(E::Sql(_))));
+    }
+
+    #[test]
+    fn a_wal_file_is_copied_beside_the_writer_and_rewound_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+            .unwrap();
+        let restart_at = 64;
+        let w = Worker::start_restarting_at("ao-test-ckpt", conn, restart_at).unwrap();
+        let auto: i64 = w
+            .call_blocking(|db| {
+                db.conn()
+                    .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                    .map_err(sql)
+            })
+            .unwrap();
+        assert_eq!(auto, 0, "the writer's commits never checkpoint");
+
+        let wal = dir.path().join("t.db-wal");
+        let (mut largest, mut written) = (0, 0u64);
+        for k in 0..3000 {
+            // A 4 KiB value: every commit appends a few pages to the WAL.
+            let appended = w
+                .call_blocking(move |db| {
+                    db.with("INSERT INTO t (k, v) VALUES (?1, zeroblob(4096))", |st| {
+                        st.execute([k])
+                    })
+                    .map_err(sql)
+                })
+                .unwrap();
+            assert_eq!(appended, 1);
+            written += 4096;
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        // The WAL header's checkpoint sequence number counts the rewinds.
+        let header = std::fs::read(&wal).unwrap();
+        let rewinds = u32::from_be_bytes(header[12..16].try_into().unwrap());
+        assert!(rewinds >= 5, "the WAL was rewound {rewinds} times");
+        // Never rewound, it would hold all of the ~12 MB written (and its frame headers).
+        assert!(
+            largest < written,
+            "the WAL reached {largest} bytes for {written} written"
+        );
+        drop(w);
+        assert!(
+            !wal.exists(),
+            "the last connection to close removes the WAL"
+        );
+        let reopened = Connection::open(&path).unwrap();
+        let n: i64 = reopened
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3000);
+    }
+
+    #[test]
+    fn background_writes_linger_to_share_a_commit_and_later_requests_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+            .unwrap();
+        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY)")
+            .unwrap();
+        let w = Worker::start("ao-test-linger", conn).unwrap();
+        let wal_bytes = || std::fs::metadata(dir.path().join("t.db-wal")).map_or(0, |m| m.len());
+        let before = wal_bytes();
+        let (done, answers) = mpsc::channel();
+        for i in 0..100 {
+            let done = done.clone();
+            w.submit_in_background(
+                move |db| {
+                    db.with("INSERT INTO t (k) VALUES (?1)", |st| {
+                        st.execute([format!("bg{i}")])
+                    })
+                    .map_err(sql)
+                },
+                move |r: Result<usize, E>| {
+                    let _ = done.send(r);
+                },
+            )
+            .unwrap();
+            // Spread over ~2 ms: without lingering, each would be a commit of its own.
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        // Asked for after them, answered after them, and sees every one of them.
+        let n: i64 = w
+            .call_blocking(|db| {
+                db.conn()
+                    .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .map_err(sql)
+            })
+            .unwrap();
+        assert_eq!(n, 100);
+        for _ in 0..100 {
+            assert_eq!(answers.recv().unwrap(), Ok(1));
+        }
+        // A commit appends each page it changed (24-byte header + 4 KiB) to the WAL.
+        let frames = (wal_bytes() - before) / (24 + 4096);
+        assert!(
+            frames < 20,
+            "{frames} pages written: the rows did not share commits"
+        );
     }
 }

@@ -970,6 +970,63 @@ async fn a_github_task_left_untracked_by_a_crash_is_tracked_again_at_start() {
 }
 
 #[tokio::test]
+async fn a_finished_github_task_left_untracked_still_counts_against_the_hours_budget() {
+    use agent_orchestrator::github::{GithubSettings, GithubSources};
+    use agent_orchestrator::intake::{self, SubmitRequest};
+    use agent_orchestrator::task::Status;
+    let h = harness(fixture_rules(), None, None);
+    let github_payload = json!({"source": "github", "repository": "o/r", "issue": 5,
+        "trigger": {"event": "issues"}});
+    let (template, _) = intake::submit(
+        &h.ctx,
+        SubmitRequest {
+            agent_type: "coder".into(),
+            payload: json!({"n": 0}),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Two runs of the issue that finished before the crash lost their rows: one 10 minutes
+    // ago, one two hours ago (outside the budget's hour).
+    let now = agent_orchestrator::task::now_ms();
+    let mut finished = Vec::new();
+    for (key, age_min) in [("gh:o/r#5:coder:old", 120), ("gh:o/r#5:coder:new", 10)] {
+        let task = Task {
+            id: agent_orchestrator::task::new_task_id(),
+            payload: github_payload.clone(),
+            idempotency_key: Some(key.into()),
+            status: Status::Succeeded,
+            created_at: now - age_min * 60_000,
+            updated_at: now,
+            ..template.clone()
+        };
+        h.store.create(&task).await.unwrap();
+        finished.push(task);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let settings = GithubSettings::resolve(&GithubSources {
+        webhook_secret_file: Some(secret),
+        ..GithubSources::default()
+    })
+    .unwrap()
+    .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    settings
+        .start(Some(dir.path()), true, h.ctx.clone(), stopped)
+        .await
+        .unwrap();
+    let state = StateDb::open(&dir.path().join("github.db")).unwrap();
+    let runs = state.budget_runs_since(0).await.unwrap().runs;
+    assert_eq!(runs.len(), 1, "only the run within the hour: {runs:?}");
+    assert_eq!(runs[0].started_at, finished[1].created_at);
+    let _ = stop.send(true);
+}
+
+#[tokio::test]
 async fn the_task_api_refuses_the_github_apps_idempotency_keys() {
     let h = harness(fixture_rules(), None, None);
     let request = Request::post("/tasks")

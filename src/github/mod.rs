@@ -939,17 +939,19 @@ impl GithubSettings {
 /// it, so only a webhook delivery or a parent nudge makes a task that looks like a GitHub one.
 pub const KEY_PREFIX: &str = "gh:";
 
-/// Tracks again every unfinished task a webhook created whose `github.db` row was lost (the
-/// row is written after the task and not waited for, see [`StateDb::insert_budgeted`]): they
-/// are the stored tasks queued, dispatched or running with a GitHub payload and key and no row.
+/// Tracks again every task a webhook created whose `github.db` row was lost (the row is written
+/// after the task and not waited for, see [`StateDb::insert_budgeted`]): the stored tasks with a
+/// GitHub payload and key and no row that are unfinished (their progress is still to report)
+/// or were created within the budget's hour (they count against it, and their ending is
+/// reported too). Lists newest first, so a finished status is read only back to the hour.
 /// Returns how many there were.
 async fn track_untracked_tasks(ctx: &Context, state: &StateDb) -> Result<usize, String> {
     use crate::store::TaskFilter;
-    const PAGE: usize = 500;
     use crate::task::Status;
+    const PAGE: usize = 500;
     let budget_since = crate::task::now_ms().saturating_sub(HOUR.as_millis() as Millis);
     let mut missing = 0;
-    for status in [Status::Queued, Status::Dispatched, Status::Running] {
+    for status in Status::ALL {
         let filter = TaskFilter {
             status: Some(status),
             agent_type: None,
@@ -961,16 +963,28 @@ async fn track_untracked_tasks(ctx: &Context, state: &StateDb) -> Result<usize, 
                 .list(&filter, PAGE, cursor.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
-            let from_github: Vec<_> = page.tasks.iter().filter_map(github_origin).collect();
+            let recent =
+                |t: &&crate::task::Task| !status.is_terminal() || t.created_at >= budget_since;
+            let from_github: Vec<_> = page
+                .tasks
+                .iter()
+                .filter(recent)
+                .filter_map(github_origin)
+                .collect();
             if !from_github.is_empty() {
                 missing += state
                     .track_missing(from_github, budget_since)
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            let past_the_hour = status.is_terminal()
+                && page
+                    .tasks
+                    .last()
+                    .is_some_and(|t| t.created_at < budget_since);
             match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
+                Some(next) if !past_the_hour => cursor = Some(next),
+                _ => break,
             }
         }
     }

@@ -157,7 +157,8 @@ impl StateDb {
     }
 
     /// Records a task a trigger started on the budget, its row and its budget run, without
-    /// waiting for the commit: the webhook answers as soon as the task itself is stored. Later
+    /// waiting for the commit (which may linger to share one with the next deliveries' rows):
+    /// the webhook answers as soon as the task itself is stored. Later
     /// requests to this database run after it, so they see it; if the process dies before it
     /// is committed, [`Self::track_missing`] puts the row back at the next start. `Err` only
     /// when the database's thread is gone; a failed commit is logged.
@@ -165,7 +166,7 @@ impl StateDb {
         let t = t.clone();
         let now = crate::task::now_ms();
         let task_id = t.task_id.clone();
-        self.worker.submit(
+        self.worker.submit_in_background(
             move |db| {
                 insert_tracked(db, &t, now).map_err(err)?;
                 record_run(db, &t.repository, t.number, now).map_err(err)

@@ -8,7 +8,8 @@
 //! The file runs in WAL mode with `synchronous = NORMAL`. A commit appends its pages to the WAL
 //! with `write(2)` before it returns, so once a call returns its effect survives the coordinator
 //! *process* crashing or being killed at any point: the OS page cache still holds the WAL and
-//! the next open replays it. Only the checkpoints `fsync`. What NORMAL gives up compared with
+//! the next open replays it. Only the checkpoints `fsync` (on their own thread, see
+//! [`crate::sqlite_worker`]). What NORMAL gives up compared with
 //! FULL is the last few commits on an OS crash or power loss — never the database's integrity.
 //! The coordinator tolerates that loss by design: tasks are re-enqueued from the store by the
 //! stale-queued sweep, messages are at-least-once, and Nomad's idempotency token guards

@@ -1,0 +1,227 @@
+//! WAL checkpoints off the writer's thread.
+//!
+//! SQLite's own automatic checkpoint runs inside the commit that crosses
+//! `wal_autocheckpoint` pages: that commit copies the WAL into the database and `fsync`s both
+//! files before it returns, and every request queued behind it waits (under a steady stream of
+//! webhook deliveries: a ~5-10 ms stall every few tens of ms, the benchmark's whole tail).
+//!
+//! Here the writer's connection has automatic checkpoints off, and a [`Checkpointer`] thread
+//! with a connection of its own does the copying concurrently with the writes
+//! (`wal_checkpoint(PASSIVE)` takes no lock a writer needs) and then flushes the copied pages
+//! with `fdatasync` on the database file, again holding no SQLite lock. What it cannot do is
+//! restart the WAL: SQLite only rewinds it at the start of a write once *every* frame is copied,
+//! and under steady writes the checkpointer is always a few frames behind. So once the WAL
+//! passes [`RESTART_FRAMES`], the checkpointer makes one more quick pass and then asks the
+//! writer to take its turn ([`Checkpoints::after_batch`]): between two batches, the writer runs
+//! the final `PASSIVE` checkpoint itself, which only has the last few milliseconds' frames left
+//! to copy and `fsync` (the files were flushed just before), and its next commit rewinds the
+//! WAL. The WAL therefore stays near [`RESTART_FRAMES`] pages, and the writer's only stall is
+//! that short final pass, once per [`RESTART_FRAMES`] pages instead of once per 1,000.
+//!
+//! Durability is SQLite's, unchanged: each pass `fsync`s the WAL before copying and the
+//! database before the WAL may be rewound (`synchronous = NORMAL` semantics); the extra
+//! `fdatasync`s only move those flushes off the writer. If the checkpointer thread falls behind
+//! or dies, the writer stops skipping its turn once the WAL reaches [`FORCE_FRAMES`].
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, TryLockError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// WAL size (pages) at which the writer is asked to restart it: 64 MiB of 4 KiB pages.
+pub const RESTART_FRAMES: i64 = 16_384;
+/// WAL size at which the writer waits for its turn instead of skipping it.
+pub const FORCE_FRAMES: i64 = 4 * RESTART_FRAMES;
+/// Pause between the checkpointer's passes while the WAL is growing; copying less often copies
+/// a page rewritten many times (a B-tree's last leaf) once per pass, not once per write.
+const BUSY_PAUSE: Duration = Duration::from_millis(50);
+/// Pause between passes when the last one found nothing to copy.
+const IDLE_PAUSE: Duration = Duration::from_millis(500);
+
+/// What the writer and the checkpointer share.
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    /// [`RESTART_FRAMES`] but in tests.
+    restart_frames: i64,
+    /// Held by whichever of the two runs a checkpoint (SQLite would refuse a second one anyway,
+    /// and a refused final pass would leave the WAL unrestarted).
+    turn: Mutex<()>,
+    /// Pages in the WAL at the last pass.
+    wal_frames: AtomicI64,
+    /// The WAL is long and was just copied and flushed: the writer's turn to finish it.
+    restart_due: AtomicBool,
+    stopping: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// `(pages in the WAL, pages copied into the database)`, or `None` when the file is not in WAL
+/// mode or the pass failed (logged).
+fn checkpoint(conn: &Connection) -> Option<(i64, i64)> {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    }) {
+        Ok((log, copied)) if log >= 0 => Some((log, copied)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "SQLite WAL checkpoint failed; will retry");
+            None
+        }
+    }
+}
+
+impl Checkpoints {
+    /// Called by the writer between batches: takes its turn when one is due.
+    pub fn after_batch(&self, conn: &Connection) {
+        if !self.restart_due.load(Ordering::Acquire) {
+            return;
+        }
+        let forced = self.wal_frames.load(Ordering::Relaxed)
+            >= FORCE_FRAMES / RESTART_FRAMES * self.restart_frames;
+        let _turn = match self.turn.try_lock() {
+            Ok(turn) => turn,
+            Err(TryLockError::WouldBlock) if !forced => return,
+            Err(TryLockError::WouldBlock) => match self.turn.lock() {
+                Ok(turn) => turn,
+                Err(poisoned) => poisoned.into_inner(),
+            },
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        };
+        if let Some((log, _)) = checkpoint(conn) {
+            self.wal_frames.store(log, Ordering::Relaxed);
+        }
+        // Even when a reader in another process kept a frame from being copied: the
+        // checkpointer asks again after its next pass rather than the writer after every batch.
+        self.restart_due.store(false, Ordering::Release);
+    }
+
+    fn stopped(&self, pause: Duration) -> bool {
+        let stopping = match self.stopping.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *stopping {
+            return true;
+        }
+        match self.wake.wait_timeout(stopping, pause) {
+            Ok((s, _)) => *s,
+            Err(poisoned) => *poisoned.into_inner().0,
+        }
+    }
+
+    /// One pass of the checkpointer: copy, then flush what was copied.
+    fn pass(&self, conn: &Connection, db: &File, flushed: &mut i64) -> Option<(i64, i64)> {
+        let _turn = match self.turn.lock() {
+            Ok(turn) => turn,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (log, copied) = checkpoint(conn)?;
+        if copied != *flushed {
+            if let Err(e) = db.sync_data() {
+                tracing::warn!(error = %e, "cannot flush the SQLite database file");
+            }
+            *flushed = copied;
+        }
+        self.wal_frames.store(log, Ordering::Relaxed);
+        Some((log, copied))
+    }
+}
+
+/// The checkpointing thread of one database file; stops (and closes its connection) on drop.
+#[derive(Debug)]
+pub struct Checkpointer {
+    shared: Arc<Checkpoints>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing `path` (in WAL mode) for the writer that will call
+    /// [`Checkpoints::after_batch`] on the returned shared state. `None` (logged) when the
+    /// database cannot be opened a second time: SQLite's automatic checkpoints then stay on.
+    pub fn start(
+        name: &str,
+        path: &Path,
+        restart_frames: i64,
+    ) -> Option<(Checkpointer, Arc<Checkpoints>)> {
+        let opened = Connection::open(path).and_then(|conn| {
+            conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+            Ok(conn)
+        });
+        let conn = match opened {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "no checkpoint thread; SQLite checkpoints in the writer");
+                return None;
+            }
+        };
+        let db = match File::open(path) {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "no checkpoint thread; SQLite checkpoints in the writer");
+                return None;
+            }
+        };
+        let shared = Arc::new(Checkpoints {
+            restart_frames,
+            ..Checkpoints::default()
+        });
+        let for_thread = shared.clone();
+        let path: PathBuf = path.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name(format!("{name}-ckpt"))
+            .spawn(move || run(&conn, &db, &for_thread));
+        match spawned {
+            Ok(thread) => Some((
+                Checkpointer {
+                    shared: shared.clone(),
+                    thread: Some(thread),
+                },
+                shared,
+            )),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "no checkpoint thread; SQLite checkpoints in the writer");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        match self.shared.stopping.lock() {
+            Ok(mut s) => *s = true,
+            Err(poisoned) => *poisoned.into_inner() = true,
+        }
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(conn: &Connection, db: &File, shared: &Checkpoints) {
+    let (mut flushed, mut last_log) = (0, 0);
+    let mut pause = BUSY_PAUSE;
+    while !shared.stopped(pause) {
+        let Some((log, copied)) = shared.pass(conn, db, &mut flushed) else {
+            pause = IDLE_PAUSE;
+            continue;
+        };
+        // Nothing written since the last pass: the writer is idle.
+        pause = if log == last_log && copied == log {
+            IDLE_PAUSE
+        } else {
+            BUSY_PAUSE
+        };
+        last_log = log;
+        if log >= shared.restart_frames && !shared.restart_due.load(Ordering::Acquire) {
+            // One more pass right away, so the writer's final one has only the frames written
+            // while this one ran.
+            shared.pass(conn, db, &mut flushed);
+            shared.restart_due.store(true, Ordering::Release);
+        }
+    }
+}
