@@ -896,9 +896,21 @@ fn the_budget_holds_across_a_restart() {
 /// A GitHub task stored by a delivery whose `github.db` row was never committed (the process
 /// died in between: the row is written after the task, unawaited) is tracked again, and counted
 /// on the budget, when the webhook side starts as the store's only coordinator; nothing else is.
+/// The GitHub side with a webhook secret (written under `dir`) and nothing else.
+fn webhook_only_settings(dir: &Path) -> agent_orchestrator::github::GithubSettings {
+    use agent_orchestrator::github::{GithubSettings, GithubSources};
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    GithubSettings::resolve(&GithubSources {
+        webhook_secret_file: Some(secret),
+        ..GithubSources::default()
+    })
+    .unwrap()
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_github_task_left_untracked_by_a_crash_is_tracked_again_at_start() {
-    use agent_orchestrator::github::{GithubSettings, GithubSources};
     use agent_orchestrator::intake::{self, SubmitRequest};
     let h = harness(fixture_rules(), None, None);
     let submit = |payload: Value, key: &str| SubmitRequest {
@@ -921,14 +933,7 @@ async fn a_github_task_left_untracked_by_a_crash_is_tracked_again_at_start() {
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let settings = GithubSettings::resolve(&GithubSources {
-        webhook_secret_file: Some(secret),
-        ..GithubSources::default()
-    })
-    .unwrap()
-    .unwrap();
+    let settings = webhook_only_settings(dir.path());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let state_of = |data: &Path| StateDb::open(&data.join("github.db")).unwrap();
 
@@ -971,7 +976,6 @@ async fn a_github_task_left_untracked_by_a_crash_is_tracked_again_at_start() {
 
 #[tokio::test]
 async fn a_finished_github_task_left_untracked_still_counts_against_the_hours_budget() {
-    use agent_orchestrator::github::{GithubSettings, GithubSources};
     use agent_orchestrator::intake::{self, SubmitRequest};
     use agent_orchestrator::task::Status;
     let h = harness(fixture_rules(), None, None);
@@ -1006,14 +1010,7 @@ async fn a_finished_github_task_left_untracked_still_counts_against_the_hours_bu
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let settings = GithubSettings::resolve(&GithubSources {
-        webhook_secret_file: Some(secret),
-        ..GithubSources::default()
-    })
-    .unwrap()
-    .unwrap();
+    let settings = webhook_only_settings(dir.path());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     settings
         .start(Some(dir.path()), true, h.ctx.clone(), stopped)
