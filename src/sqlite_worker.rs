@@ -530,4 +530,56 @@ mod tests {
             "{frames} pages written: the rows did not share commits"
         );
     }
+
+    /// Closing a descriptor of a file drops every POSIX lock the process holds on it: a
+    /// checkpointer that opened and closed one of its own would release the locks of every
+    /// other connection to the file here, and another process would then delete the WAL from
+    /// under them.
+    #[test]
+    fn a_stopped_checkpointer_leaves_other_connections_locks_alone() {
+        if std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3")
+            .status()
+            .map_or(true, |s| !s.success())
+        {
+            eprintln!("skipped: no python3 with sqlite3 to play the other process");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let other = Connection::open(&path).unwrap();
+        other
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+            .unwrap();
+        other
+            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)")
+            .unwrap();
+        let w = Worker::start("ao-test-locks", Connection::open(&path).unwrap()).unwrap();
+        w.call_blocking(|db| {
+            db.conn()
+                .execute("INSERT INTO t VALUES (2)", [])
+                .map_err(sql)
+        })
+        .unwrap();
+        // Let the checkpointer make a pass (and flush), then stop it and the writer.
+        std::thread::sleep(Duration::from_millis(200));
+        drop(w);
+        let wal = dir.path().join("t.db-wal");
+        assert!(wal.exists(), "`other` still has the database open");
+        // Another process opens and closes the database: as its last user it would checkpoint
+        // and delete the WAL, which it may only do if nobody here holds a lock on the file.
+        let status = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT count(*) FROM t').fetchall(); c.close()")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(wal.exists(), "the WAL was deleted under an open connection");
+        let n: i64 = other
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+    }
 }

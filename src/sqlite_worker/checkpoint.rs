@@ -8,7 +8,10 @@
 //! Here the writer's connection has automatic checkpoints off, and a [`Checkpointer`] thread
 //! with a connection of its own does the copying concurrently with the writes
 //! (`wal_checkpoint(PASSIVE)` takes no lock a writer needs) and then flushes the copied pages
-//! with `fdatasync` on the database file, again holding no SQLite lock. What it cannot do is
+//! with an `fsync` of the database file, again holding no SQLite lock. The flush goes through
+//! that connection's own file handle ([`sync_database`]): a descriptor of our own would be a
+//! hazard, because closing *any* descriptor of a file drops every POSIX lock the process holds
+//! on it, SQLite's included. What it cannot do is
 //! restart the WAL: SQLite only rewinds it at the start of a write once *every* frame is copied,
 //! and under steady writes the checkpointer is always a few frames behind. So once the WAL
 //! passes [`RESTART_FRAMES`], the checkpointer makes one more quick pass and then asks the
@@ -20,10 +23,11 @@
 //!
 //! Durability is SQLite's, unchanged: each pass `fsync`s the WAL before copying and the
 //! database before the WAL may be rewound (`synchronous = NORMAL` semantics); the extra
-//! `fdatasync`s only move those flushes off the writer. If the checkpointer thread falls behind
-//! or dies, the writer stops skipping its turn once the WAL reaches [`FORCE_FRAMES`].
+//! flushes only move those flushes off the writer. If the checkpointer thread falls behind, the
+//! writer stops skipping its turn once the WAL reaches [`FORCE_FRAMES`]; if it has made no pass
+//! for [`STALLED`] (starved, failing, or gone), the writer checkpoints after its batches itself,
+//! as SQLite would.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, TryLockError};
@@ -41,6 +45,8 @@ pub const FORCE_FRAMES: i64 = 4 * RESTART_FRAMES;
 const BUSY_PAUSE: Duration = Duration::from_millis(50);
 /// Pause between passes when the last one found nothing to copy.
 const IDLE_PAUSE: Duration = Duration::from_millis(500);
+/// No pass for this long: the writer no longer counts on the checkpointer.
+pub const STALLED: Duration = Duration::from_secs(2);
 
 /// What the writer and the checkpointer share.
 #[derive(Debug, Default)]
@@ -54,6 +60,8 @@ pub struct Checkpoints {
     wal_frames: AtomicI64,
     /// The WAL is long and was just copied and flushed: the writer's turn to finish it.
     restart_due: AtomicBool,
+    /// When the checkpointer last looked (ms since the Unix epoch), whatever it found.
+    last_pass_ms: AtomicI64,
     stopping: Mutex<bool>,
     wake: Condvar,
 }
@@ -74,9 +82,13 @@ fn checkpoint(conn: &Connection) -> Option<(i64, i64)> {
 }
 
 impl Checkpoints {
-    /// Called by the writer between batches: takes its turn when one is due.
+    /// Called by the writer between batches: takes its turn when one is due, or every batch
+    /// while the checkpointer is [stalled](STALLED).
     pub fn after_batch(&self, conn: &Connection) {
-        if !self.restart_due.load(Ordering::Acquire) {
+        let stalled = crate::task::now_ms()
+            .saturating_sub(self.last_pass_ms.load(Ordering::Relaxed))
+            > STALLED.as_millis() as i64;
+        if !stalled && !self.restart_due.load(Ordering::Acquire) {
             return;
         }
         let forced = self.wal_frames.load(Ordering::Relaxed)
@@ -113,14 +125,16 @@ impl Checkpoints {
     }
 
     /// One pass of the checkpointer: copy, then flush what was copied.
-    fn pass(&self, conn: &Connection, db: &File, flushed: &mut i64) -> Option<(i64, i64)> {
+    fn pass(&self, conn: &Connection, flushed: &mut i64) -> Option<(i64, i64)> {
         let _turn = match self.turn.lock() {
             Ok(turn) => turn,
             Err(poisoned) => poisoned.into_inner(),
         };
+        self.last_pass_ms
+            .store(crate::task::now_ms(), Ordering::Relaxed);
         let (log, copied) = checkpoint(conn)?;
         if copied != *flushed {
-            if let Err(e) = db.sync_data() {
+            if let Err(e) = sync_database(conn) {
                 tracing::warn!(error = %e, "cannot flush the SQLite database file");
             }
             *flushed = copied;
@@ -157,22 +171,16 @@ impl Checkpointer {
                 return None;
             }
         };
-        let db = match File::open(path) {
-            Ok(db) => db,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "no checkpoint thread; SQLite checkpoints in the writer");
-                return None;
-            }
-        };
         let shared = Arc::new(Checkpoints {
             restart_frames,
+            last_pass_ms: AtomicI64::new(crate::task::now_ms()),
             ..Checkpoints::default()
         });
         let for_thread = shared.clone();
         let path: PathBuf = path.to_owned();
         let spawned = std::thread::Builder::new()
             .name(format!("{name}-ckpt"))
-            .spawn(move || run(&conn, &db, &for_thread));
+            .spawn(move || run(&conn, &for_thread));
         match spawned {
             Ok(thread) => Some((
                 Checkpointer {
@@ -202,11 +210,11 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(conn: &Connection, db: &File, shared: &Checkpoints) {
+fn run(conn: &Connection, shared: &Checkpoints) {
     let (mut flushed, mut last_log) = (0, 0);
     let mut pause = BUSY_PAUSE;
     while !shared.stopped(pause) {
-        let Some((log, copied)) = shared.pass(conn, db, &mut flushed) else {
+        let Some((log, copied)) = shared.pass(conn, &mut flushed) else {
             pause = IDLE_PAUSE;
             continue;
         };
@@ -217,11 +225,105 @@ fn run(conn: &Connection, db: &File, shared: &Checkpoints) {
             BUSY_PAUSE
         };
         last_log = log;
+        // (`log` and `copied` describe the WAL as the pass found it: frames written meanwhile
+        // are in neither, so `copied == log` does not mean the next write rewinds it.)
         if log >= shared.restart_frames && !shared.restart_due.load(Ordering::Acquire) {
             // One more pass right away, so the writer's final one has only the frames written
             // while this one ran.
-            shared.pass(conn, db, &mut flushed);
+            shared.pass(conn, &mut flushed);
             shared.restart_due.store(true, Ordering::Release);
         }
+    }
+}
+
+/// `fsync`s the main database file of `conn` through SQLite's own handle for it (the VFS's
+/// `xSync`, reached with `SQLITE_FCNTL_FILE_POINTER`), so no descriptor is opened or closed
+/// beside SQLite's.
+fn sync_database(conn: &Connection) -> Result<(), String> {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `conn` is open and used by this thread only; FILE_POINTER stores the main
+    // database's `sqlite3_file` (owned by the connection, alive as long as it is) in `file`.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        )
+    };
+    if rc != ffi::SQLITE_OK || file.is_null() {
+        return Err(format!("no file handle (sqlite code {rc})"));
+    }
+    // SAFETY: `file` is the live handle from above; a null `pMethods` means it is not open.
+    let sync = unsafe { (*file).pMethods.as_ref().and_then(|methods| methods.xSync) };
+    let Some(sync) = sync else {
+        return Err("the database file is not open".into());
+    };
+    // SAFETY: calling the handle's own method on it, on the thread that owns the connection,
+    // outside any SQLite call.
+    match unsafe { sync(file, ffi::SQLITE_SYNC_NORMAL) } {
+        ffi::SQLITE_OK => Ok(()),
+        rc => Err(format!("fsync failed (sqlite code {rc})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The WAL header's checkpoint sequence number: how often the WAL was rewound.
+    fn rewinds(wal: &Path) -> u32 {
+        let header = std::fs::read(wal).unwrap();
+        u32::from_be_bytes([header[12], header[13], header[14], header[15]])
+    }
+
+    #[test]
+    fn without_a_checkpointer_the_writer_checkpoints_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+             CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB);",
+        )
+        .unwrap();
+        // No thread behind it, and its last pass long ago.
+        let shared = Checkpoints {
+            restart_frames: 64,
+            ..Checkpoints::default()
+        };
+        let wal = dir.path().join("t.db-wal");
+        for k in 0..20 {
+            conn.execute("INSERT INTO t VALUES (?1, zeroblob(4096))", [k])
+                .unwrap();
+            shared.after_batch(&conn);
+        }
+        assert!(rewinds(&wal) >= 10, "rewound {} times", rewinds(&wal));
+
+        // A checkpointer that made a pass just now is left to do its job.
+        let alive = Checkpoints {
+            restart_frames: 64,
+            last_pass_ms: AtomicI64::new(crate::task::now_ms()),
+            ..Checkpoints::default()
+        };
+        // (The first write rewinds what the last turn above copied.)
+        conn.execute("INSERT INTO t VALUES (20, zeroblob(4096))", [])
+            .unwrap();
+        let before = rewinds(&wal);
+        for k in 21..40 {
+            conn.execute("INSERT INTO t VALUES (?1, zeroblob(4096))", [k])
+                .unwrap();
+            alive.after_batch(&conn);
+        }
+        assert_eq!(rewinds(&wal), before);
+    }
+
+    #[test]
+    fn the_database_is_flushed_through_sqlites_own_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (k)").unwrap();
+        assert_eq!(sync_database(&conn), Ok(()));
     }
 }
