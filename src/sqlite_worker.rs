@@ -30,8 +30,8 @@ use tokio::sync::oneshot;
 
 mod checkpoint;
 
+pub use checkpoint::RESTART_FRAMES;
 use checkpoint::{Checkpointer, Checkpoints};
-pub use checkpoint::{FORCE_FRAMES, RESTART_FRAMES};
 
 /// Most requests the worker runs in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -161,19 +161,9 @@ impl Worker {
         })
     }
 
-    /// Queues `f`; `answer` gets its result once the batch committed (or why it did not).
-    pub fn submit<T, E, F, A>(&self, f: F, answer: A) -> Result<(), Failed>
-    where
-        T: Send + 'static,
-        E: From<Failed> + Send + 'static,
-        F: FnOnce(&Db<'_>) -> Result<T, E> + Send + 'static,
-        A: FnOnce(Result<T, E>) + Send + 'static,
-    {
-        self.queue(f, answer, false)
-    }
-
-    /// As [`Self::submit`], for a write nobody waits on: it may wait up to [`LINGER`] for
-    /// others to share its commit. A request submitted after it still runs after it.
+    /// Queues `f` for a write nobody waits on: `answer` gets its result once the batch
+    /// committed (or why it did not), and the batch may wait up to [`LINGER`] for others to
+    /// share its commit. A request submitted after it still runs after it.
     pub fn submit_in_background<T, E, F, A>(&self, f: F, answer: A) -> Result<(), Failed>
     where
         T: Send + 'static,
@@ -181,25 +171,10 @@ impl Worker {
         F: FnOnce(&Db<'_>) -> Result<T, E> + Send + 'static,
         A: FnOnce(Result<T, E>) + Send + 'static,
     {
-        self.queue(f, answer, true)
+        self.send(job(f, answer), true)
     }
 
-    fn queue<T, E, F, A>(&self, f: F, answer: A, background: bool) -> Result<(), Failed>
-    where
-        T: Send + 'static,
-        E: From<Failed> + Send + 'static,
-        F: FnOnce(&Db<'_>) -> Result<T, E> + Send + 'static,
-        A: FnOnce(Result<T, E>) + Send + 'static,
-    {
-        let job: Job = Box::new(move |db: &Db<'_>| {
-            let result = f(db);
-            Box::new(move |batch: Option<Failed>| {
-                answer(match batch {
-                    None => result,
-                    Some(why) => Err(E::from(why)),
-                })
-            }) as Reply
-        });
+    fn send(&self, job: Job, background: bool) -> Result<(), Failed> {
         self.jobs
             .as_ref()
             .and_then(|jobs| jobs.send(Queued { job, background }).ok())
@@ -214,9 +189,10 @@ impl Worker {
         F: FnOnce(&Db<'_>) -> Result<T, E> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        self.submit(f, move |result| {
+        let answer = move |result| {
             let _ = tx.send(result);
-        })?;
+        };
+        self.send(job(f, answer), false)?;
         rx.await
             .map_err(|_| E::from(Failed("the sqlite thread dropped the request".into())))?
     }
@@ -229,12 +205,32 @@ impl Worker {
         F: FnOnce(&Db<'_>) -> Result<T, E> + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(f, move |result| {
+        let answer = move |result| {
             let _ = tx.send(result);
-        })?;
+        };
+        self.send(job(f, answer), false)?;
         rx.recv()
             .map_err(|_| E::from(Failed("the sqlite thread dropped the request".into())))?
     }
+}
+
+/// `f` as the thread runs it, `answer` told its result once the batch's fate is known.
+fn job<T, E, F, A>(f: F, answer: A) -> Job
+where
+    T: Send + 'static,
+    E: From<Failed> + Send + 'static,
+    F: FnOnce(&Db<'_>) -> Result<T, E> + Send + 'static,
+    A: FnOnce(Result<T, E>) + Send + 'static,
+{
+    Box::new(move |db: &Db<'_>| {
+        let result = f(db);
+        Box::new(move |batch: Option<Failed>| {
+            answer(match batch {
+                None => result,
+                Some(why) => Err(E::from(why)),
+            })
+        }) as Reply
+    })
 }
 
 /// The file behind `conn` when it is one in WAL mode.
@@ -357,6 +353,24 @@ mod tests {
         Worker::start("ao-test-sqlite", conn).unwrap()
     }
 
+    /// A new database file `t.db` in WAL mode under `dir`, with `schema` applied.
+    fn wal_db(dir: &std::path::Path, schema: &str) -> (std::path::PathBuf, Connection) {
+        let path = dir.join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        conn.execute_batch(schema).unwrap();
+        (path, conn)
+    }
+
+    /// The one integer `query` selects, read through the worker.
+    fn scalar(w: &Worker, query: &'static str) -> i64 {
+        w.call_blocking(move |db| db.conn().query_row(query, [], |r| r.get(0)).map_err(sql))
+            .unwrap()
+    }
+
     fn insert(w: &Worker, k: &'static str) -> Result<usize, E> {
         w.call_blocking(move |db| {
             db.with("INSERT INTO t (k) VALUES (?1)", |st| st.execute([k]))
@@ -415,36 +429,17 @@ mod tests {
     #[test]
     fn a_wal_file_is_copied_beside_the_writer_and_rewound_by_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let conn = Connection::open(&path).unwrap();
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "wal");
-        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
-            .unwrap();
+        let (path, conn) = wal_db(dir.path(), "CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)");
         let restart_at = 64;
         let w = Worker::start_restarting_at("ao-test-ckpt", conn, restart_at).unwrap();
-        let auto: i64 = w
-            .call_blocking(|db| {
-                db.conn()
-                    .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
-                    .map_err(sql)
-            })
-            .unwrap();
-        assert_eq!(auto, 0, "the writer's commits never checkpoint");
+        assert_eq!(
+            scalar(&w, "PRAGMA wal_autocheckpoint"),
+            0,
+            "the writer's commits never checkpoint"
+        );
 
         let wal = dir.path().join("t.db-wal");
-        // The WAL header's checkpoint sequence number counts the rewinds.
-        let rewinds = || {
-            use std::io::Read;
-            let mut header = [0u8; 16];
-            std::fs::File::open(&wal)
-                .and_then(|mut f| f.read_exact(&mut header))
-                .map_or(0, |()| {
-                    u32::from_be_bytes([header[12], header[13], header[14], header[15]])
-                })
-        };
+        let rewinds = || checkpoint::wal_rewinds(&wal);
         // Keeps writing until the WAL was rewound a few times: how soon depends on when the
         // checkpoint thread gets the CPU, not on anything asserted here.
         let (began, mut inserted) = (std::time::Instant::now(), 0i64);
@@ -484,12 +479,7 @@ mod tests {
     #[test]
     fn background_writes_linger_to_share_a_commit_and_later_requests_see_them() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
-            .unwrap();
-        conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY)")
-            .unwrap();
+        let (_, conn) = wal_db(dir.path(), "CREATE TABLE t (k TEXT PRIMARY KEY)");
         let w = Worker::start("ao-test-linger", conn).unwrap();
         let wal_bytes = || std::fs::metadata(dir.path().join("t.db-wal")).map_or(0, |m| m.len());
         let before = wal_bytes();
@@ -512,14 +502,7 @@ mod tests {
             std::thread::sleep(Duration::from_micros(20));
         }
         // Asked for after them, answered after them, and sees every one of them.
-        let n: i64 = w
-            .call_blocking(|db| {
-                db.conn()
-                    .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-                    .map_err(sql)
-            })
-            .unwrap();
-        assert_eq!(n, 100);
+        assert_eq!(scalar(&w, "SELECT count(*) FROM t"), 100);
         for _ in 0..100 {
             assert_eq!(answers.recv().unwrap(), Ok(1));
         }
@@ -547,14 +530,10 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let other = Connection::open(&path).unwrap();
-        other
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
-            .unwrap();
-        other
-            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)")
-            .unwrap();
+        let (path, other) = wal_db(
+            dir.path(),
+            "CREATE TABLE t (k INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)",
+        );
         let w = Worker::start("ao-test-locks", Connection::open(&path).unwrap()).unwrap();
         w.call_blocking(|db| {
             db.conn()

@@ -24,13 +24,13 @@
 //! Durability is SQLite's, unchanged: each pass `fsync`s the WAL before copying and the
 //! database before the WAL may be rewound (`synchronous = NORMAL` semantics); the extra
 //! flushes only move those flushes off the writer. If the checkpointer thread falls behind, the
-//! writer stops skipping its turn once the WAL reaches [`FORCE_FRAMES`]; if it has made no pass
+//! writer stops skipping its turn once the WAL reaches [`FORCE_FACTOR`] times that; if it has made no pass
 //! for [`STALLED`] (starved, failing, or gone), the writer checkpoints after its batches itself,
 //! as SQLite would.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -38,8 +38,8 @@ use rusqlite::Connection;
 
 /// WAL size (pages) at which the writer is asked to restart it: 64 MiB of 4 KiB pages.
 pub const RESTART_FRAMES: i64 = 16_384;
-/// WAL size at which the writer waits for its turn instead of skipping it.
-pub const FORCE_FRAMES: i64 = 4 * RESTART_FRAMES;
+/// At this many times the restart size, the writer waits for its turn instead of skipping it.
+const FORCE_FACTOR: i64 = 4;
 /// Pause between the checkpointer's passes while the WAL is growing; copying less often copies
 /// a page rewritten many times (a B-tree's last leaf) once per pass, not once per write.
 const BUSY_PAUSE: Duration = Duration::from_millis(50);
@@ -64,6 +64,14 @@ pub struct Checkpoints {
     last_pass_ms: AtomicI64,
     stopping: Mutex<bool>,
     wake: Condvar,
+}
+
+/// The guarded value, whether or not a thread panicked holding it: nothing here is left
+/// half-updated by a panic (a flag, and a lock that guards no data).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `(pages in the WAL, pages copied into the database)`, or `None` when the file is not in WAL
@@ -91,15 +99,11 @@ impl Checkpoints {
         if !stalled && !self.restart_due.load(Ordering::Acquire) {
             return;
         }
-        let forced = self.wal_frames.load(Ordering::Relaxed)
-            >= FORCE_FRAMES / RESTART_FRAMES * self.restart_frames;
+        let forced = self.wal_frames.load(Ordering::Relaxed) >= FORCE_FACTOR * self.restart_frames;
         let _turn = match self.turn.try_lock() {
             Ok(turn) => turn,
             Err(TryLockError::WouldBlock) if !forced => return,
-            Err(TryLockError::WouldBlock) => match self.turn.lock() {
-                Ok(turn) => turn,
-                Err(poisoned) => poisoned.into_inner(),
-            },
+            Err(TryLockError::WouldBlock) => lock(&self.turn),
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
         };
         if let Some((log, _)) = checkpoint(conn) {
@@ -111,10 +115,7 @@ impl Checkpoints {
     }
 
     fn stopped(&self, pause: Duration) -> bool {
-        let stopping = match self.stopping.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let stopping = lock(&self.stopping);
         if *stopping {
             return true;
         }
@@ -126,10 +127,7 @@ impl Checkpoints {
 
     /// One pass of the checkpointer: copy, then flush what was copied.
     fn pass(&self, conn: &Connection, flushed: &mut i64) -> Option<(i64, i64)> {
-        let _turn = match self.turn.lock() {
-            Ok(turn) => turn,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let _turn = lock(&self.turn);
         self.last_pass_ms
             .store(crate::task::now_ms(), Ordering::Relaxed);
         let (log, copied) = checkpoint(conn)?;
@@ -177,7 +175,6 @@ impl Checkpointer {
             ..Checkpoints::default()
         });
         let for_thread = shared.clone();
-        let path: PathBuf = path.to_owned();
         let spawned = std::thread::Builder::new()
             .name(format!("{name}-ckpt"))
             .spawn(move || run(&conn, &for_thread));
@@ -199,10 +196,7 @@ impl Checkpointer {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        match self.shared.stopping.lock() {
-            Ok(mut s) => *s = true,
-            Err(poisoned) => *poisoned.into_inner() = true,
-        }
+        *lock(&self.shared.stopping) = true;
         self.shared.wake.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -268,15 +262,21 @@ fn sync_database(conn: &Connection) -> Result<(), String> {
     }
 }
 
+/// The WAL header's checkpoint sequence number: how often the WAL was rewound (0 without one).
+#[cfg(test)]
+pub(super) fn wal_rewinds(wal: &Path) -> u32 {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    std::fs::File::open(wal)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map_or(0, |()| {
+            u32::from_be_bytes([header[12], header[13], header[14], header[15]])
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The WAL header's checkpoint sequence number: how often the WAL was rewound.
-    fn rewinds(wal: &Path) -> u32 {
-        let header = std::fs::read(wal).unwrap();
-        u32::from_be_bytes([header[12], header[13], header[14], header[15]])
-    }
 
     #[test]
     fn without_a_checkpointer_the_writer_checkpoints_itself() {
@@ -299,7 +299,11 @@ mod tests {
                 .unwrap();
             shared.after_batch(&conn);
         }
-        assert!(rewinds(&wal) >= 10, "rewound {} times", rewinds(&wal));
+        assert!(
+            wal_rewinds(&wal) >= 10,
+            "rewound {} times",
+            wal_rewinds(&wal)
+        );
 
         // A checkpointer that made a pass just now is left to do its job.
         let alive = Checkpoints {
@@ -310,13 +314,13 @@ mod tests {
         // (The first write rewinds what the last turn above copied.)
         conn.execute("INSERT INTO t VALUES (20, zeroblob(4096))", [])
             .unwrap();
-        let before = rewinds(&wal);
+        let before = wal_rewinds(&wal);
         for k in 21..40 {
             conn.execute("INSERT INTO t VALUES (?1, zeroblob(4096))", [k])
                 .unwrap();
             alive.after_batch(&conn);
         }
-        assert_eq!(rewinds(&wal), before);
+        assert_eq!(wal_rewinds(&wal), before);
     }
 
     #[test]
