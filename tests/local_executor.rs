@@ -820,3 +820,164 @@ async fn futures_join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F:
         .map(|v| v.expect("polled to completion"))
         .collect()
 }
+
+/// The pid in an attempt's `supervisor.pid` (written atomically, so complete once present).
+async fn supervisor_pid(run_dir: &Path) -> i32 {
+    let path = run_dir.join("supervisor.pid");
+    within(20, "supervisor.pid to appear", async {
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_prepared_attempt_is_started_by_its_primed_supervisor() {
+    let root = tempfile::tempdir().unwrap();
+    let count = root.path().join("count");
+    let (exec, _rx) = executor(root.path());
+    let agent = sh(
+        "echo \"$AO_ATTEMPT\" >> \"$COUNT_FILE\"",
+        &[("COUNT_FILE", count.to_str().unwrap())],
+    );
+    let t = task("shell", serde_json::json!(1));
+    exec.prepare(&t, &agent);
+    let dir = exec.run_dir(&t);
+    let primed = supervisor_pid(&dir).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alive(primed), "the primed supervisor waits");
+    assert!(!dir.join("started").exists(), "preparing starts nothing");
+    assert_eq!(lines(&count), 0, "preparing runs no agent");
+    assert!(matches!(
+        within(10, "status", exec.status(&t)).await.unwrap(),
+        RunState::Pending
+    ));
+
+    let handle = within(10, "dispatch", exec.dispatch(&t, &agent))
+        .await
+        .unwrap();
+    assert_eq!(handle, dir.to_string_lossy());
+    assert!(matches!(
+        finished(&exec, &t).await,
+        Outcome::Succeeded { .. }
+    ));
+    assert_eq!(
+        supervisor_pid(&dir).await,
+        primed,
+        "the primed supervisor ran the attempt: no second one"
+    );
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "1\n");
+}
+
+#[tokio::test]
+async fn a_dispatch_right_after_prepare_waits_for_the_primed_supervisor_and_runs_once() {
+    let root = tempfile::tempdir().unwrap();
+    let count = root.path().join("count");
+    let (exec, _rx) = executor(root.path());
+    let agent = sh(
+        "echo run >> \"$COUNT_FILE\"",
+        &[("COUNT_FILE", count.to_str().unwrap())],
+    );
+    let tasks: Vec<Task> = (0..8)
+        .map(|i| task("shell", serde_json::json!(i)))
+        .collect();
+    for t in &tasks {
+        exec.prepare(t, &agent);
+    }
+    for t in &tasks {
+        within(10, "dispatch", exec.dispatch(t, &agent))
+            .await
+            .unwrap();
+    }
+    for t in &tasks {
+        assert!(matches!(
+            finished(&exec, t).await,
+            Outcome::Succeeded { .. }
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(lines(&count), tasks.len(), "each attempt ran once");
+}
+
+#[tokio::test]
+async fn a_prepared_attempts_deadline_counts_from_its_dispatch() {
+    let root = tempfile::tempdir().unwrap();
+    let (exec, _rx) = executor(root.path());
+    let agent = sh("sleep 0.5", &[]);
+    let mut t = task("shell", serde_json::json!(1));
+    // As prepared: a deadline that passes before the dispatch.
+    t.deadline_at = Some(now_ms() + 300);
+    exec.prepare(&t, &agent);
+    supervisor_pid(&exec.run_dir(&t)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // As claimed at the dispatch: its own deadline.
+    t.deadline_at = Some(now_ms() + 10_000);
+    within(10, "dispatch", exec.dispatch(&t, &agent))
+        .await
+        .unwrap();
+    let outcome = finished(&exec, &t).await;
+    assert!(
+        matches!(outcome, Outcome::Succeeded { .. }),
+        "the deadline of the dispatch applies: {outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_discarded_primed_supervisor_stands_down_and_the_attempt_can_still_run() {
+    let root = tempfile::tempdir().unwrap();
+    let count = root.path().join("count");
+    let (exec, _rx) = executor(root.path());
+    let agent = sh(
+        "echo run >> \"$COUNT_FILE\"",
+        &[("COUNT_FILE", count.to_str().unwrap())],
+    );
+    let t = task("shell", serde_json::json!(1));
+    exec.prepare(&t, &agent);
+    let dir = exec.run_dir(&t);
+    let primed = supervisor_pid(&dir).await;
+    exec.discard(&t.id);
+    wait_gone(primed).await;
+    assert!(
+        !dir.join("started").exists(),
+        "a primed supervisor never starts on its own"
+    );
+    assert!(matches!(
+        within(10, "status", exec.status(&t)).await.unwrap(),
+        RunState::NotFound
+    ));
+    within(10, "dispatch", exec.dispatch(&t, &agent))
+        .await
+        .unwrap();
+    assert!(matches!(
+        finished(&exec, &t).await,
+        Outcome::Succeeded { .. }
+    ));
+    assert_ne!(supervisor_pid(&dir).await, primed);
+    assert_eq!(lines(&count), 1);
+}
+
+#[tokio::test]
+async fn primed_supervisors_stand_down_when_their_coordinator_goes() {
+    let root = tempfile::tempdir().unwrap();
+    let (exec, _rx) = executor(root.path());
+    let agent = sh("true", &[]);
+    let t = task("shell", serde_json::json!(1));
+    exec.prepare(&t, &agent);
+    let dir = exec.run_dir(&t);
+    let primed = supervisor_pid(&dir).await;
+    drop(exec);
+    wait_gone(primed).await;
+    assert!(!dir.join("started").exists());
+    let (exec, _rx) = executor(root.path());
+    assert!(matches!(
+        within(10, "status", exec.status(&t)).await.unwrap(),
+        RunState::NotFound
+    ));
+}

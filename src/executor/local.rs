@@ -38,6 +38,16 @@
 //! the attempt's `AO_RESULT_FILE` in its environment (Linux): `Lost` means the agent is gone,
 //! never "both a retry and the old one running".
 //!
+//! Primed supervisors: [`Executor::prepare`] (the scheduler calls it for tasks it read ahead,
+//! before claiming them) does the dispatch's work up to the spawn, with `supervise --await-go`:
+//! the supervisor takes the lock as usual and then waits for one line on its stdin, a pipe the
+//! executor keeps. The dispatch of that attempt writes `go <deadline_ms>` (the attempt's clock
+//! starts at its dispatch, not when it was primed) instead of starting a process, so a freed
+//! slot is refilled in a fraction of a millisecond rather than the several it takes to spawn a
+//! supervisor. A primed supervisor never starts anything on its own: when the pipe closes
+//! first ([`Executor::discard`], or the coordinator is gone) it exits without writing `started`,
+//! so the attempt reads as never begun, as before it was primed.
+//!
 //! Stopping: [`LocalExecutor::stop`] writes `stop-reason` (`cancel` / `timeout`) and sends
 //! SIGTERM to the supervisor (after checking `/proc/<pid>/cmdline` names this run dir, so a
 //! reused pid is never signalled); the supervisor kills the agent's group and records
@@ -488,6 +498,37 @@ struct Launch {
     args: Vec<String>,
     env: Vec<(String, String)>,
     agent_view: serde_json::Value,
+    /// Start a primed supervisor that waits for its go on stdin.
+    await_go: bool,
+}
+
+/// A supervisor started ahead of its attempt's claim, holding the attempt's lock and waiting
+/// for one line on `go` (see `supervise --await-go`). Closing `go` stands it down.
+struct Primed {
+    attempt: u32,
+    child: tokio::process::Child,
+    go: tokio::process::ChildStdin,
+}
+
+/// The slot of a task's primed supervisor: empty while it is being started or once taken.
+type PrimedSlot = Arc<tokio::sync::Mutex<Option<Primed>>>;
+
+/// Stands a primed supervisor down (it exits without starting anything) and reaps it.
+fn stand_down(primed: Primed) {
+    let Primed { mut child, go, .. } = primed;
+    drop(go);
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = child.wait().await;
+        });
+    }
+}
+
+/// When attempt `task.attempt` must be over: the claimed deadline, else its timeout from now.
+fn attempt_deadline(task: &Task) -> Option<Millis> {
+    task.deadline_at.or_else(|| {
+        (task.timeout_ms > 0).then(|| now_ms().saturating_add(task.timeout_ms as Millis))
+    })
 }
 
 fn unavailable(what: &str, dir: &Path, err: impl std::fmt::Display) -> ExecError {
@@ -547,7 +588,12 @@ fn start_attempt(launch: &Launch) -> Result<Option<tokio::process::Child>, ExecE
             }
             break;
         }
-        if began(dir)? || live_supervisor(dir).is_some() {
+        if began(dir)? {
+            return Ok(None);
+        }
+        // A supervisor that has not begun the agent yet is about to, or is a primed one standing
+        // down (its lock is free a moment later): wait for either before adopting it.
+        if live_supervisor(dir).is_some() && waited.elapsed() > LOCK_WAIT {
             return Ok(None);
         }
         if waited.elapsed() > LOCK_WAIT {
@@ -596,7 +642,10 @@ fn start_attempt(launch: &Launch) -> Result<Option<tokio::process::Child>, ExecE
         .arg(fd.to_string())
         .arg("--kill-grace-ms")
         .arg(launch.kill_grace.as_millis().to_string());
-    if let Some(deadline) = launch.deadline_at {
+    if launch.await_go {
+        // Its deadline comes with its go (the attempt's clock starts at the dispatch).
+        cmd.arg("--await-go");
+    } else if let Some(deadline) = launch.deadline_at {
         cmd.arg("--deadline-ms").arg(deadline.to_string());
     }
     cmd.arg("--").arg(&launch.command).args(&launch.args);
@@ -607,7 +656,11 @@ fn start_attempt(launch: &Launch) -> Result<Option<tokio::process::Child>, ExecE
     }
     cmd.envs(launch.env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
-        .stdin(std::process::Stdio::null())
+        .stdin(if launch.await_go {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
         .stdout(log)
         .stderr(log_err)
         .kill_on_drop(false);
@@ -741,6 +794,8 @@ struct Inner {
     /// Attempts whose changes are notified: run dir → task and last phase seen.
     watched: Mutex<HashMap<PathBuf, Watch>>,
     builtins: Mutex<Builtins>,
+    /// Primed supervisors made by `prepare`, by task.
+    primed: Mutex<HashMap<TaskId, PrimedSlot>>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -774,6 +829,7 @@ impl LocalExecutor {
                 notifier,
                 watched: Mutex::new(HashMap::new()),
                 builtins: Mutex::new(Builtins::default()),
+                primed: Mutex::new(HashMap::new()),
             }),
             poller: Mutex::new(None),
         })
@@ -823,6 +879,122 @@ impl LocalExecutor {
             .outcomes
             .get(&(task.id.clone(), task.attempt))
             .cloned()
+    }
+
+    /// What starting attempt `task.attempt` takes; `None` for the built-in agent.
+    fn launch(&self, task: &Task, agent: &AgentType) -> Result<Option<Launch>, ExecError> {
+        let command = match &agent.command {
+            Some(command) => command,
+            None if agent.name == BUILTIN_ECHO => return Ok(None),
+            None => {
+                return Err(ExecError::Rejected {
+                    message: format!(
+                        "agent type `{}` has no `command`: the local executor needs one (only `{BUILTIN_ECHO}` has a built-in agent)",
+                        agent.name
+                    ),
+                })
+            }
+        };
+        if command.trim().is_empty() {
+            return Err(ExecError::Rejected {
+                message: format!("agent type `{}` has an empty `command`", agent.name),
+            });
+        }
+        validate_task_id(&task.id)?;
+        let dir = self.run_dir(task);
+        let mut command = PathBuf::from(command);
+        if command.is_relative() && command.components().count() > 1 {
+            command = std::path::absolute(&command).unwrap_or(command);
+        }
+        let mut env: Vec<(String, String)> = agent
+            .env_vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend([
+            ("AO_TASK_ID".to_string(), task.id.clone()),
+            ("AO_ATTEMPT".to_string(), task.attempt.to_string()),
+            ("AO_AGENT_TYPE".to_string(), task.agent_type.clone()),
+            (
+                "AO_TASK_FILE".to_string(),
+                dir.join(TASK_FILE).to_string_lossy().into_owned(),
+            ),
+            (
+                "AO_RESULT_FILE".to_string(),
+                dir.join(RESULT_FILE).to_string_lossy().into_owned(),
+            ),
+        ]);
+        Ok(Some(Launch {
+            dir,
+            supervisor_exe: self.inner.config.supervisor_exe.clone(),
+            kill_grace: self.inner.config.kill_grace,
+            deadline_at: attempt_deadline(task),
+            command,
+            args: agent.args.clone(),
+            env,
+            agent_view: task.agent_view(),
+            await_go: false,
+        }))
+    }
+
+    /// Starts the attempt through the primed supervisor [`Executor::prepare`] made for it, if
+    /// there is one (waiting for it while it is being made): one line down a pipe instead of
+    /// starting a process. False when there is none (or it died): start one as usual.
+    async fn go_primed(&self, task: &Task, launch: &Launch) -> bool {
+        use tokio::io::AsyncWriteExt;
+        let Some(slot) = locked(&self.inner.primed).get(&task.id).cloned() else {
+            return false;
+        };
+        // Waits while it is being started (the slot stays registered meanwhile, so the
+        // preparation does not take it for discarded).
+        let primed = slot.lock().await.take();
+        {
+            let mut primed = locked(&self.inner.primed);
+            if primed.get(&task.id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                primed.remove(&task.id);
+            }
+        }
+        let Some(mut primed) = primed else {
+            return false;
+        };
+        if primed.attempt != task.attempt {
+            // Made for another attempt: let it go before this one's supervisor is started.
+            drop(primed.go);
+            let _ = primed.child.wait().await;
+            return false;
+        }
+        let line = match launch.deadline_at {
+            Some(deadline) => format!("go {deadline}\n"),
+            None => "go\n".to_owned(),
+        };
+        if let Err(e) = primed.go.write_all(line.as_bytes()).await {
+            // It died waiting: its lock is gone with it, so a new supervisor can start.
+            tracing::debug!(task_id = %task.id, error = %e, "the primed supervisor is gone; starting a new one");
+            let _ = primed.child.start_kill();
+            let _ = primed.child.wait().await;
+            return false;
+        }
+        drop(primed.go);
+        self.follow(primed.child, launch.dir.clone(), &task.id);
+        tracing::debug!(task_id = %task.id, attempt = task.attempt, run_dir = %launch.dir.display(), "local attempt started by its primed supervisor");
+        true
+    }
+
+    /// Watches the attempt whose supervisor is `child` and notifies its end.
+    fn follow(&self, mut child: tokio::process::Child, dir: PathBuf, task_id: &str) {
+        self.watch(dir.clone(), task_id, Phase::Pending);
+        let inner = Arc::downgrade(&self.inner);
+        let notifier = self.inner.notifier.clone();
+        let task_id = task_id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = child.wait().await {
+                tracing::warn!(task_id = %task_id, error = %e, "cannot wait for a local supervisor");
+            }
+            if let Some(inner) = inner.upgrade() {
+                locked(&inner.watched).remove(&dir);
+            }
+            let _ = notifier.send(task_id);
+        });
     }
 
     /// Notifies changes of the attempt in `dir` from now on (until it finishes).
@@ -926,76 +1098,17 @@ async fn blocking<T: Send + 'static>(
 #[async_trait]
 impl Executor for LocalExecutor {
     async fn dispatch(&self, task: &Task, agent: &AgentType) -> Result<String, ExecError> {
-        let command = match &agent.command {
-            Some(command) => command,
-            None if agent.name == BUILTIN_ECHO => return Ok(self.run_builtin(task)),
-            None => {
-                return Err(ExecError::Rejected {
-                    message: format!(
-                        "agent type `{}` has no `command`: the local executor needs one (only `{BUILTIN_ECHO}` has a built-in agent)",
-                        agent.name
-                    ),
-                })
-            }
+        let Some(launch) = self.launch(task, agent)? else {
+            return Ok(self.run_builtin(task));
         };
-        if command.trim().is_empty() {
-            return Err(ExecError::Rejected {
-                message: format!("agent type `{}` has an empty `command`", agent.name),
-            });
-        }
-        validate_task_id(&task.id)?;
-        let dir = self.run_dir(task);
+        let dir = launch.dir.clone();
         let handle = dir.to_string_lossy().into_owned();
-        let mut command = PathBuf::from(command);
-        if command.is_relative() && command.components().count() > 1 {
-            command = std::path::absolute(&command).unwrap_or(command);
+        if self.go_primed(task, &launch).await {
+            return Ok(handle);
         }
-        let mut env: Vec<(String, String)> = agent
-            .env_vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        env.extend([
-            ("AO_TASK_ID".to_string(), task.id.clone()),
-            ("AO_ATTEMPT".to_string(), task.attempt.to_string()),
-            ("AO_AGENT_TYPE".to_string(), task.agent_type.clone()),
-            (
-                "AO_TASK_FILE".to_string(),
-                dir.join(TASK_FILE).to_string_lossy().into_owned(),
-            ),
-            (
-                "AO_RESULT_FILE".to_string(),
-                dir.join(RESULT_FILE).to_string_lossy().into_owned(),
-            ),
-        ]);
-        let deadline_at = task.deadline_at.or_else(|| {
-            (task.timeout_ms > 0).then(|| now_ms().saturating_add(task.timeout_ms as Millis))
-        });
-        let launch = Launch {
-            dir: dir.clone(),
-            supervisor_exe: self.inner.config.supervisor_exe.clone(),
-            kill_grace: self.inner.config.kill_grace,
-            deadline_at,
-            command,
-            args: agent.args.clone(),
-            env,
-            agent_view: task.agent_view(),
-        };
         let child = blocking("dispatch", move || start_attempt(&launch)).await?;
-        if let Some(mut child) = child {
-            self.watch(dir.clone(), &task.id, Phase::Pending);
-            let inner = Arc::downgrade(&self.inner);
-            let notifier = self.inner.notifier.clone();
-            let task_id = task.id.clone();
-            tokio::spawn(async move {
-                if let Err(e) = child.wait().await {
-                    tracing::warn!(task_id = %task_id, error = %e, "cannot wait for a local supervisor");
-                }
-                if let Some(inner) = inner.upgrade() {
-                    locked(&inner.watched).remove(&dir);
-                }
-                let _ = notifier.send(task_id);
-            });
+        if let Some(child) = child {
+            self.follow(child, dir, &task.id);
             tracing::debug!(task_id = %task.id, attempt = task.attempt, run_dir = %handle, "local attempt started");
         } else {
             // Started earlier (perhaps by a previous coordinator): watch it like an adopted one.
@@ -1008,6 +1121,75 @@ impl Executor for LocalExecutor {
             self.watch(dir, &task.id, phase_of(&state));
         }
         Ok(handle)
+    }
+
+    /// Starts a primed supervisor for the attempt (see [`LocalExecutor::go_primed`]).
+    fn prepare(&self, task: &Task, agent: &AgentType) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Refused or built in: nothing to prepare (the dispatch reports a refusal).
+        let Ok(Some(mut launch)) = self.launch(task, agent) else {
+            return;
+        };
+        launch.await_go = true;
+        let slot: PrimedSlot = Arc::new(tokio::sync::Mutex::new(None));
+        let Ok(mut ready) = slot.clone().try_lock_owned() else {
+            return;
+        };
+        {
+            let mut primed = locked(&self.inner.primed);
+            if primed.contains_key(&task.id) {
+                return;
+            }
+            primed.insert(task.id.clone(), slot.clone());
+        }
+        let (inner, task_id, attempt) =
+            (Arc::downgrade(&self.inner), task.id.clone(), task.attempt);
+        runtime.spawn(async move {
+            let dir = launch.dir.clone();
+            match blocking("prepare", move || start_attempt(&launch)).await {
+                Ok(Some(mut child)) => match child.stdin.take() {
+                    Some(go) => {
+                        *ready = Some(Primed { attempt, child, go });
+                    }
+                    // Cannot happen (stdin is piped); without a pipe it could never go.
+                    None => {
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                    }
+                },
+                // Already begun: the dispatch adopts it.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(%task_id, run_dir = %dir.display(), error = %e, "could not prepare a primed supervisor; the dispatch will start one");
+                }
+            }
+            // Discarded while it was being started: nobody will take it.
+            let discarded = inner.upgrade().is_none_or(|inner| {
+                !locked(&inner.primed)
+                    .get(&task_id)
+                    .is_some_and(|s| Arc::ptr_eq(s, &slot))
+            });
+            if discarded {
+                if let Some(primed) = ready.take() {
+                    stand_down(primed);
+                }
+            }
+        });
+    }
+
+    fn discard(&self, task_id: &str) {
+        let Some(slot) = locked(&self.inner.primed).remove(task_id) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Some(primed) = slot.lock().await.take() {
+                    stand_down(primed);
+                }
+            });
+        }
     }
 
     async fn status(&self, task: &Task) -> Result<RunState, ExecError> {

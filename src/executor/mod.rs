@@ -78,4 +78,13 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Stops attempt `task.attempt`. Stopping an attempt that already ended is a no-op.
     async fn stop(&self, task: &Task, reason: StopReason) -> Result<(), ExecError>;
+
+    /// A hint that attempt `task.attempt` (not claimed yet) may be dispatched soon: the
+    /// executor may get ready so that [`Executor::dispatch`] of that attempt starts it at once.
+    /// Preparing never starts the attempt. Returns at once (the work runs in the background);
+    /// a dispatch that comes while it runs waits for it. Does nothing by default.
+    fn prepare(&self, _task: &Task, _agent: &AgentType) {}
+
+    /// Drops what [`Executor::prepare`] made ready for `task_id` (its claim went elsewhere).
+    fn discard(&self, _task_id: &str) {}
 }

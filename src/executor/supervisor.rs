@@ -43,9 +43,26 @@ pub struct SuperviseArgs {
     /// Time between SIGTERM and SIGKILL when the agent is stopped.
     #[arg(long, default_value_t = 5000)]
     pub kill_grace_ms: u64,
+    /// Start on a go from the coordinator, not at once: after taking the lock, wait for one
+    /// line on stdin, `go` or `go <deadline_ms>` (which replaces `--deadline-ms`). End of input
+    /// first means the attempt was given to nobody: exit [`STOOD_DOWN`] without starting it.
+    #[arg(long)]
+    pub await_go: bool,
     /// The agent's command and arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
+}
+
+/// Exit status of a primed supervisor that was never told to go (nothing recorded, nothing
+/// started: the attempt reads as never begun).
+pub const STOOD_DOWN: i32 = 3;
+
+/// How a supervisor's work ended.
+enum Supervised {
+    /// An outcome is in `exit.json`.
+    Recorded,
+    /// A primed supervisor was closed without a go.
+    StoodDown,
 }
 
 pub fn run(args: &SuperviseArgs) -> i32 {
@@ -56,7 +73,8 @@ pub fn run(args: &SuperviseArgs) -> i32 {
         return 1;
     }
     match supervise(args, &signals) {
-        Ok(()) => 0,
+        Ok(Supervised::Recorded) => 0,
+        Ok(Supervised::StoodDown) => STOOD_DOWN,
         Err(e) => {
             eprintln!("supervise {}: {e}", args.run_dir.display());
             1
@@ -78,13 +96,64 @@ enum Ended {
     Signal(i32),
 }
 
-fn supervise(args: &SuperviseArgs, signals: &SignalSet) -> io::Result<()> {
+fn supervise(args: &SuperviseArgs, signals: &SignalSet) -> io::Result<Supervised> {
     let dir = args.run_dir.as_path();
     let _lock = hold_lock(args)?;
     write_atomic(
         &dir.join(SUPERVISOR_PID_FILE),
         std::process::id().to_string().as_bytes(),
     )?;
+    let deadline_ms = if args.await_go {
+        match await_go(args.deadline_ms)? {
+            Some(deadline_ms) => deadline_ms,
+            None => return Ok(Supervised::StoodDown),
+        }
+    } else {
+        args.deadline_ms
+    };
+    run_attempt(args, deadline_ms, signals).map(|()| Supervised::Recorded)
+}
+
+/// Waits for the coordinator's go on stdin: the deadline to run under, or `None` when the input
+/// ended without one.
+fn await_go(default_deadline: Option<Millis>) -> io::Result<Option<Option<Millis>>> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    parse_go(&line, default_deadline)
+        .map(Some)
+        .map_err(io::Error::other)
+}
+
+/// Parses a go line: `go` (keep `default_deadline`) or `go <deadline_ms>`.
+fn parse_go(line: &str, default_deadline: Option<Millis>) -> Result<Option<Millis>, String> {
+    let mut words = line.split_whitespace();
+    if words.next() != Some("go") {
+        return Err(format!("expected `go` on stdin, got {:?}", line.trim_end()));
+    }
+    match (words.next(), words.next()) {
+        (None, _) => Ok(default_deadline),
+        (Some(ms), None) => ms
+            .parse::<Millis>()
+            .map(Some)
+            .map_err(|_| format!("bad deadline in the go line: {ms:?}")),
+        (Some(_), Some(_)) => Err(format!(
+            "unexpected words in the go line {:?}",
+            line.trim_end()
+        )),
+    }
+}
+
+/// Runs the agent of an attempt that never began, under `deadline_ms`, and records how it ended.
+fn run_attempt(
+    args: &SuperviseArgs,
+    deadline_ms: Option<Millis>,
+    signals: &SignalSet,
+) -> io::Result<()> {
+    let dir = args.run_dir.as_path();
 
     // Defensive: the executor only starts us for an attempt that never began.
     if dir.join(EXIT_FILE).exists() {
@@ -124,7 +193,7 @@ fn supervise(args: &SuperviseArgs, signals: &SignalSet) -> io::Result<()> {
             None,
         );
     }
-    if args.deadline_ms.is_some_and(|d| now_ms() >= d) {
+    if deadline_ms.is_some_and(|d| now_ms() >= d) {
         return record(
             RecordedOutcome::TimedOut,
             Some("the deadline passed before the agent started".into()),
@@ -157,7 +226,7 @@ fn supervise(args: &SuperviseArgs, signals: &SignalSet) -> io::Result<()> {
             break ended;
         }
         let now = Instant::now();
-        if stopping.is_none() && args.deadline_ms.is_some_and(|d| now_ms() >= d) {
+        if stopping.is_none() && deadline_ms.is_some_and(|d| now_ms() >= d) {
             stopping = Some(begin_stop(pid, RecordedOutcome::TimedOut, grace));
         }
         if let Some(stop) = stopping.as_mut() {
@@ -168,7 +237,7 @@ fn supervise(args: &SuperviseArgs, signals: &SignalSet) -> io::Result<()> {
         }
         // Sleep until a signal, the deadline, the kill time, or a second (a safety net).
         let mut wait = Duration::from_secs(1);
-        if let (None, Some(deadline)) = (&stopping, args.deadline_ms) {
+        if let (None, Some(deadline)) = (&stopping, deadline_ms) {
             wait = wait.min(Duration::from_millis((deadline - now_ms()).max(0) as u64));
         }
         if let Some(stop) = stopping.as_ref().filter(|s| !s.killed) {
@@ -466,12 +535,26 @@ mod tests {
         assert_eq!(cli.args.run_dir, PathBuf::from("/r/t/1"));
         assert_eq!(cli.args.lock_fd, Some(7));
         assert_eq!(cli.args.deadline_ms, Some(123));
+        assert!(!cli.args.await_go);
         assert_eq!(cli.args.kill_grace_ms, 5000);
         assert_eq!(cli.args.command, ["sh", "-c", "echo --run-dir"]);
         assert!(
             Cli::try_parse_from(["x", "--run-dir", "/r"]).is_err(),
             "a command is required"
         );
+    }
+
+    #[test]
+    fn go_lines_carry_the_deadline() {
+        assert_eq!(parse_go("go\n", Some(5)), Ok(Some(5)));
+        assert_eq!(parse_go("go\n", None), Ok(None));
+        assert_eq!(
+            parse_go("go 1700000000000\n", Some(5)),
+            Ok(Some(1_700_000_000_000))
+        );
+        for bad in ["stop\n", "go soon\n", "go 1 2\n", "\n"] {
+            assert!(parse_go(bad, None).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

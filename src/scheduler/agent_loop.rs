@@ -12,7 +12,9 @@
 //!    the task; an attempt that ended no longer holds a slot (`ended`), before its outcome is
 //!    recorded;
 //! 2. the freed slot is reserved (`claiming`) for the next task read ahead, and a job claims it
-//!    (one compare-and-set) and hands it to the executor;
+//!    (one compare-and-set) and hands it to the executor, which was asked to prepare that
+//!    attempt when the task was read ahead (the local executor primes its supervisor), so the
+//!    hand-over starts it at once;
 //! 3. recording the ended attempt's outcome, deleting the new task's message (in batches),
 //!    reading more tasks ahead and measuring the depth are all jobs of their own, held back
 //!    while claims are under way (at most [`HOLD_BACK`]) so a claim does not queue behind them
@@ -197,6 +199,9 @@ pub(super) struct AgentLoop {
     ready: VecDeque<Ready>,
     /// A read-ahead is under way (a job).
     reading_ahead: bool,
+    /// Tasks read ahead whose next attempt the executor was asked to prepare
+    /// ([`Executor::prepare`](crate::executor::Executor::prepare)).
+    prepared: HashSet<TaskId>,
     /// Free slots the last dispatch found nothing for.
     unserved: usize,
     /// The last receive got all it asked for: more work is probably waiting.
@@ -254,6 +259,7 @@ impl AgentLoop {
             depth_fresh: false,
             ready: VecDeque::new(),
             reading_ahead: false,
+            prepared: HashSet::new(),
             unserved: 0,
             backlog: false,
             jobs: JoinSet::new(),
@@ -448,9 +454,10 @@ impl AgentLoop {
                 Done::Looked(looks)
             });
         }
-        // 4. Read ahead for the next freed slots; housekeeping.
+        // 4. Read ahead for the next freed slots, and get them ready; housekeeping.
         if !self.draining {
             self.read_ahead();
+            self.prepare_ready();
         }
         self.store_late_handles();
         if now.duration_since(self.last_sweep) >= self.ctx.settings.sweep_interval {
@@ -544,6 +551,7 @@ impl AgentLoop {
                     self.hand_back_ready();
                     return false;
                 }
+                self.prepare_ready();
                 got && self.occupied() < self.agent.max_instances as usize
             }
             Done::Claimed {
@@ -868,6 +876,8 @@ impl AgentLoop {
                 break;
             };
             let id = ready.task.id.clone();
+            // The claim takes the preparation with it (it starts or discards it).
+            self.prepared.remove(&id);
             self.claiming.insert(id.clone());
             let (ctx, agent) = (self.ctx.clone(), self.agent.clone());
             self.jobs.spawn(async move {
@@ -1146,6 +1156,24 @@ impl AgentLoop {
         (self.agent.max_instances as usize).min(self.ctx.settings.read_ahead)
     }
 
+    /// Asks the executor to get ready for the next attempts of the tasks read ahead that the
+    /// next freed slots will take, so a refill is a claim and a go rather than a claim and a
+    /// start (a local supervisor waiting on a pipe instead of a process to spawn).
+    fn prepare_ready(&mut self) {
+        let (ctx, agent) = (&self.ctx, &self.agent);
+        let (claiming, active) = (&self.claiming, &self.active);
+        let wall = now_ms();
+        for ready in self.ready.iter().take(self.read_ahead_target()) {
+            let id = &ready.task.id;
+            if self.prepared.contains(id) || claiming.contains(id) || active.contains_key(id) {
+                continue;
+            }
+            ctx.executor
+                .prepare(&next_attempt(&ready.task, wall, ctx.fence()), agent);
+            self.prepared.insert(id.clone());
+        }
+    }
+
     /// Receives tasks (a job) for free slots that found none, and while work waits reads tasks
     /// ahead; keeps the messages of those already read hidden (a message nacked with a delay
     /// stays received under the same receipt: that is the visibility extension).
@@ -1219,6 +1247,9 @@ impl AgentLoop {
     fn hand_back_ready(&mut self) {
         if self.ready.is_empty() {
             return;
+        }
+        for id in self.prepared.drain() {
+            self.ctx.executor.discard(&id);
         }
         let receipts: Vec<String> = self.ready.drain(..).map(|r| r.message.receipt).collect();
         let (queue, name) = (self.ctx.queue.clone(), self.agent.name.clone());
@@ -1557,7 +1588,27 @@ async fn claim_and_dispatch(
     task: Task,
     message: Message,
 ) -> Claim {
-    let wall = now_ms();
+    let next = next_attempt(&task, now_ms(), ctx.fence());
+    let claimed = match ctx.store.update(&next, task.version).await {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            ctx.executor.discard(&task.id);
+            return not_claimed(ctx, agent, &message, e).await;
+        }
+    };
+    // Executor notifications for it reach this loop from now on.
+    ctx.own(&claimed.id, &agent.name);
+    let began = Instant::now();
+    let started = ctx.executor.dispatch(&claimed, agent).await;
+    Claim::Dispatched {
+        task: Box::new(claimed),
+        started,
+        took: began.elapsed(),
+    }
+}
+
+/// The next attempt of `task`, claimed at `wall` (`queued → dispatched`, attempt + 1).
+fn next_attempt(task: &Task, wall: Millis, fence: u64) -> Task {
     let mut next = task.clone();
     next.status = Status::Dispatched;
     next.attempt += 1;
@@ -1573,27 +1624,21 @@ async fn claim_and_dispatch(
         handle: None,
     });
     next.updated_at = wall;
-    next.fence = ctx.fence();
-    let claimed = match ctx.store.update(&next, task.version).await {
-        Ok(claimed) => claimed,
-        Err(StoreError::Conflict { .. }) => {
-            // Someone else moved it (cancel, another coordinator, a duplicate message claimed
-            // first): look at it again later.
+    next.fence = fence;
+    next
+}
+
+/// A claim that failed: a task someone else moved (a cancel, another coordinator, a duplicate
+/// message claimed first) is looked at again later; other errors are reported.
+async fn not_claimed(ctx: &Context, agent: &AgentType, message: &Message, e: StoreError) -> Claim {
+    match e {
+        StoreError::Conflict { .. } => {
             let nack = ctx
                 .queue
                 .nack(&agent.name, &message.receipt, Duration::from_millis(50));
-            return Claim::NotClaimed(nack.await.err().map(StepError::from));
+            Claim::NotClaimed(nack.await.err().map(StepError::from))
         }
-        Err(e) => return Claim::NotClaimed(Some(e.into())),
-    };
-    // Executor notifications for it reach this loop from now on.
-    ctx.own(&claimed.id, &agent.name);
-    let began = Instant::now();
-    let started = ctx.executor.dispatch(&claimed, agent).await;
-    Claim::Dispatched {
-        task: Box::new(claimed),
-        started,
-        took: began.elapsed(),
+        e => Claim::NotClaimed(Some(e.into())),
     }
 }
 
