@@ -14,7 +14,8 @@
 //! 2. the freed slot is reserved (`claiming`) for the next task read ahead, and a job claims it
 //!    (one compare-and-set) and hands it to the executor, which was asked to prepare that
 //!    attempt when the task was read ahead (the local executor primes its supervisor), so the
-//!    hand-over starts it at once;
+//!    hand-over starts it at once; while every slot is busy the next tasks are claimed ahead
+//!    (`staged`), and a freed slot takes one of those first: no store write before the start;
 //! 3. recording the ended attempt's outcome, deleting the new task's message (in batches),
 //!    reading more tasks ahead and measuring the depth are all jobs of their own, held back
 //!    while claims are under way (at most [`HOLD_BACK`]) so a claim does not queue behind them
@@ -77,6 +78,13 @@ enum Done {
         full: bool,
         hidden_until: Instant,
     },
+    /// A claim ahead (no slot yet): the claimed task, or why it was not claimed.
+    Staged {
+        id: TaskId,
+        receipt: String,
+        hidden_until: Instant,
+        result: Result<Box<Task>, Option<StepError>>,
+    },
     /// A reserved slot's claim and dispatch.
     Claimed {
         id: TaskId,
@@ -127,6 +135,15 @@ enum Recorded {
 struct Ready {
     task: Task,
     message: Message,
+    hidden_until: Instant,
+}
+
+/// A task claimed ahead, waiting for a slot: `dispatched` in the store, its attempt prepared
+/// by the executor, not started. `receipt`: its message, deleted once it starts (none for a
+/// claim found on recovery).
+struct Staged {
+    task: Task,
+    receipt: Option<String>,
     hidden_until: Instant,
 }
 
@@ -199,6 +216,10 @@ pub(super) struct AgentLoop {
     ready: VecDeque<Ready>,
     /// A read-ahead is under way (a job).
     reading_ahead: bool,
+    /// Tasks claimed ahead, oldest first: a freed slot starts the first without a store write.
+    staged: VecDeque<Staged>,
+    /// Claims ahead under way (a job each); they hold no slot.
+    staging: HashSet<TaskId>,
     /// Tasks read ahead whose next attempt the executor was asked to prepare
     /// ([`Executor::prepare`](crate::executor::Executor::prepare)).
     prepared: HashSet<TaskId>,
@@ -260,6 +281,8 @@ impl AgentLoop {
             ready: VecDeque::new(),
             reading_ahead: false,
             prepared: HashSet::new(),
+            staged: VecDeque::new(),
+            staging: HashSet::new(),
             unserved: 0,
             backlog: false,
             jobs: JoinSet::new(),
@@ -279,7 +302,11 @@ impl AgentLoop {
             if round {
                 next_at = Instant::now() + self.reconcile().await;
             }
-            if self.draining && self.active.is_empty() && self.claiming.is_empty() {
+            if self.draining
+                && self.active.is_empty()
+                && self.claiming.is_empty()
+                && self.staging.is_empty()
+            {
                 // Let the handed-off work finish (acks, hand-backs) before returning.
                 self.flush_acks(true);
                 self.release_later();
@@ -362,6 +389,9 @@ impl AgentLoop {
                 self.active.clear();
                 self.ended.clear();
                 self.claiming.clear();
+                // Claimed ahead: in the store as dispatched, adopted by the new leader.
+                self.staged.clear();
+                self.staging.clear();
                 self.release_later();
                 self.recording.clear();
                 self.deferred.clear();
@@ -380,6 +410,10 @@ impl AgentLoop {
         }
         if self.draining {
             self.hand_back_ready();
+            for staged in std::mem::take(&mut self.staged) {
+                self.ctx.executor.discard(&staged.task.id);
+                self.hand_back(staged.task, staged.receipt, Duration::ZERO);
+            }
         }
         self.release_later();
         let now = Instant::now();
@@ -389,6 +423,13 @@ impl AgentLoop {
             if self.active.contains_key(&id) || self.claiming.contains(&id) {
                 self.stale.insert(id.clone());
                 to_observe.insert(id);
+            } else if self.staging.contains(&id) {
+                self.deferred.insert(id);
+            } else if let Some(at) = self.staged.iter().position(|s| s.task.id == id) {
+                if let Some(staged) = self.staged.remove(at) {
+                    self.unstage(staged);
+                    to_observe.insert(id);
+                }
             }
         }
         let resync = !self.resyncing
@@ -418,7 +459,8 @@ impl AgentLoop {
             }
         }
         if resync {
-            fresh = self.active.keys().cloned().collect();
+            let staged = self.staged.iter().map(|s| &s.task.id);
+            fresh = self.active.keys().chain(staged).cloned().collect();
         }
         // 1. The executor's view first: an attempt that ended frees its slot at once, before
         //    any bookkeeping.
@@ -562,14 +604,26 @@ impl AgentLoop {
                 self.claimed(id, receipt, result);
                 true
             }
+            Done::Staged {
+                id,
+                receipt,
+                hidden_until,
+                result,
+            } => {
+                self.staged_result(id, receipt, hidden_until, result);
+                true
+            }
             Done::Recorded { id, what, result } => self.recorded(id, what, result),
             Done::Looked(looks) => {
                 self.resyncing = false;
                 for (id, looked) in looks {
                     self.stale.remove(&id);
                     match (&looked, self.active.get(&id)) {
-                        // Forgotten meanwhile: nothing to settle.
-                        (_, None) => continue,
+                        // Claimed ahead, or forgotten meanwhile: nothing to settle.
+                        (_, None) => {
+                            self.recheck_staged(&id, &looked);
+                            continue;
+                        }
                         // Written since it was read: look again through the ledger.
                         (Ok(Some((task, _))), Some(known)) if known.version > task.version => {
                             self.pending.insert(id);
@@ -629,10 +683,15 @@ impl AgentLoop {
                 self.finish(task, Outcome::Cancelled { finished_at: wall });
             }
             RunState::NotFound if task.status == Status::Dispatched => {
-                // Claimed but never started (crash between claim and dispatch): start it now;
-                // the executor's dispatch is idempotent per attempt. No message is in flight
-                // for it here, so a hand-back sends a fresh one.
-                self.start(task).await;
+                // Claimed but never started (claimed ahead, or a crash between claim and
+                // dispatch): start it now if a slot is free, else it waits for one like a task
+                // claimed ahead. The executor's dispatch is idempotent per attempt. No message
+                // is in flight for it here, so a hand-back sends a fresh one.
+                if self.occupied() > self.agent.max_instances as usize {
+                    self.restage(task);
+                } else {
+                    self.start(task).await;
+                }
             }
             RunState::NotFound => {
                 let reason = "the running attempt vanished from the executor".to_string();
@@ -856,9 +915,9 @@ impl AgentLoop {
         // A second message for a task already taken is looked at again later (it is a
         // leftover once the task is claimed).
         let mut duplicates = Vec::new();
-        let (claiming, active) = (&self.claiming, &self.active);
+        let taken_ids = self.taken_ids();
         self.ready.retain_mut(|ready| {
-            let taken = claiming.contains(&ready.task.id) || active.contains_key(&ready.task.id);
+            let taken = taken_ids.contains(&ready.task.id);
             if taken {
                 duplicates.push(std::mem::take(&mut ready.message.receipt));
             }
@@ -867,10 +926,17 @@ impl AgentLoop {
         let free = (self.agent.max_instances as usize).saturating_sub(self.occupied());
         // Only slots that have a task are offered to the breaker (a half-open circuit lets
         // one probe through: it must be a real dispatch).
-        let wanted = self
-            .breaker
-            .admit(free.min(self.ready.len()), Instant::now());
+        let waiting = self.staged.len() + self.ready.len();
+        let wanted = self.breaker.admit(free.min(waiting), Instant::now());
         let mut started = 0;
+        // Claimed ahead first: they only need the executor.
+        while started < wanted {
+            let Some(staged) = self.staged.pop_front() else {
+                break;
+            };
+            self.start_staged(staged);
+            started += 1;
+        }
         while started < wanted {
             let Some(ready) = self.ready.pop_front() else {
                 break;
@@ -898,6 +964,9 @@ impl AgentLoop {
         } else {
             usize::from(free > started && self.ready.is_empty())
         };
+        if free == started {
+            self.claim_ahead();
+        }
         if !duplicates.is_empty() {
             let (queue, name) = (self.ctx.queue.clone(), self.agent.name.clone());
             self.spawn_job(async move {
@@ -911,6 +980,164 @@ impl AgentLoop {
                 }
                 Done::Nothing
             });
+        }
+    }
+
+    /// Tasks this loop has taken from the queue: in the ledger, being claimed, or claimed ahead.
+    fn taken_ids(&self) -> HashSet<TaskId> {
+        let staged = self.staged.iter().map(|s| &s.task.id);
+        self.active
+            .keys()
+            .chain(&self.claiming)
+            .chain(&self.staging)
+            .chain(staged)
+            .cloned()
+            .collect()
+    }
+
+    /// Hands a task claimed ahead to the executor in a free slot (reserved like a claim). Its
+    /// attempt's clock starts now, not at the claim: the ledger copy says so and the attempt's
+    /// next write stores it.
+    fn start_staged(&mut self, staged: Staged) {
+        let Staged {
+            mut task, receipt, ..
+        } = staged;
+        let wall = now_ms();
+        task.deadline_at = Some(wall + task.timeout_ms as Millis);
+        if let Some(record) = task.current_attempt_mut() {
+            record.dispatched_at = wall;
+        }
+        let id = task.id.clone();
+        self.claiming.insert(id.clone());
+        let (ctx, agent) = (self.ctx.clone(), self.agent.clone());
+        self.jobs.spawn(async move {
+            let began = Instant::now();
+            let started = ctx.executor.dispatch(&task, &agent).await;
+            Done::Claimed {
+                id,
+                receipt: receipt.unwrap_or_default(),
+                result: Claim::Dispatched {
+                    task: Box::new(task),
+                    started,
+                    took: began.elapsed(),
+                },
+            }
+        });
+    }
+
+    /// While every slot is busy, claims tasks read ahead (jobs) up to the claim-ahead target,
+    /// so the next freed slots start them without waiting for the store.
+    fn claim_ahead(&mut self) {
+        let target = self.ctx.settings.claim_ahead.min(self.read_ahead_target());
+        if self.draining || self.breaker.state() != CircuitState::Closed {
+            return;
+        }
+        while self.staged.len() + self.staging.len() < target {
+            let Some(ready) = self.ready.pop_front() else {
+                break;
+            };
+            let id = ready.task.id.clone();
+            self.prepared.remove(&id);
+            self.staging.insert(id.clone());
+            let (ctx, agent) = (self.ctx.clone(), self.agent.clone());
+            self.spawn_job(async move {
+                let Ready {
+                    task,
+                    message,
+                    hidden_until,
+                } = ready;
+                let receipt = message.receipt.clone();
+                let next = next_attempt(&task, now_ms(), ctx.fence());
+                let result = match ctx.store.update(&next, task.version).await {
+                    Ok(claimed) => {
+                        ctx.own(&claimed.id, &agent.name);
+                        // Prepared while read ahead; prepared now if that was skipped.
+                        ctx.executor.prepare(&claimed, &agent);
+                        Ok(Box::new(claimed))
+                    }
+                    Err(e) => {
+                        ctx.executor.discard(&task.id);
+                        match not_claimed(&ctx, &agent, &message, e).await {
+                            Claim::NotClaimed(e) => Err(e),
+                            Claim::Dispatched { .. } => Err(None),
+                        }
+                    }
+                };
+                Done::Staged {
+                    id,
+                    receipt,
+                    hidden_until,
+                    result,
+                }
+            });
+        }
+    }
+
+    /// Applies a claim ahead's result.
+    fn staged_result(
+        &mut self,
+        id: TaskId,
+        receipt: String,
+        hidden_until: Instant,
+        result: Result<Box<Task>, Option<StepError>>,
+    ) {
+        self.staging.remove(&id);
+        let deferred = self.deferred.remove(&id);
+        let task = match result {
+            Ok(task) => *task,
+            Err(None) => return,
+            Err(Some(e)) => {
+                warn!(task_id = %id, agent_type = %self.agent.name, error = %e, "could not claim ahead; the message will be redelivered");
+                return;
+            }
+        };
+        if self.following {
+            // The new leader adopts it from the store (its message is a leftover then).
+            return;
+        }
+        let staged = Staged {
+            task,
+            receipt: Some(receipt),
+            hidden_until,
+        };
+        if deferred {
+            // Changed meanwhile (a cancel): settle it like any claimed task.
+            self.unstage(staged);
+        } else {
+            self.staged.push_back(staged);
+        }
+    }
+
+    /// Takes a task claimed ahead into the ledger to be looked at from the store (it changed
+    /// behind the loop's back: a cancel). It holds a slot until settled; a look that finds it
+    /// still to be started puts it back ([`AgentLoop::settle`]).
+    fn unstage(&mut self, staged: Staged) {
+        let Staged { task, receipt, .. } = staged;
+        let id = task.id.clone();
+        self.ctx.executor.discard(&id);
+        if let Some(receipt) = receipt {
+            self.queue_ack(&id, receipt);
+        }
+        self.active.insert(id.clone(), task);
+        self.stale.insert(id.clone());
+        self.pending.insert(id);
+    }
+
+    /// A resync's read of a task claimed ahead: if it changed since the claim (a cancel asked
+    /// through another coordinator), it is settled from the store like any claimed task.
+    fn recheck_staged(&mut self, id: &str, looked: &Looked) {
+        let Some(at) = self.staged.iter().position(|s| s.task.id == id) else {
+            return;
+        };
+        let changed = match looked {
+            Ok(Some((task, _))) => task.version != self.staged[at].task.version,
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if changed {
+            if let Some(staged) = self.staged.remove(at) {
+                self.unstage(staged);
+            }
         }
     }
 
@@ -951,7 +1178,9 @@ impl AgentLoop {
                 self.queue_ack(&id, receipt);
             }
             Err(err) => {
-                if self.dispatch_failed(task, err, Some(receipt.clone())) {
+                // No receipt: a claim found on recovery, whose hand-back sends a new message.
+                let held = (!receipt.is_empty()).then(|| receipt.clone());
+                if self.dispatch_failed(task, err, held) {
                     self.queue_ack(&id, receipt);
                 }
             }
@@ -1025,6 +1254,21 @@ impl AgentLoop {
         }
     }
 
+    /// Takes a claimed attempt found never started out of the ledger, to wait for a slot.
+    fn restage(&mut self, task: Task) {
+        let id = task.id.clone();
+        self.active.remove(&id);
+        self.ended.remove(&id);
+        self.stale.remove(&id);
+        self.ctx.executor.prepare(&task, &self.agent);
+        self.receipts.remove(&id);
+        self.staged.push_front(Staged {
+            task,
+            receipt: None,
+            hidden_until: Instant::now(),
+        });
+    }
+
     /// Hands a claimed attempt found never started to the executor (recovery).
     async fn start(&mut self, task: Task) {
         let began = Instant::now();
@@ -1062,45 +1306,56 @@ impl AgentLoop {
                     2,
                     unit,
                 );
-                let not_before = now_ms() + delay.as_millis() as Millis;
-                let mut next = task.clone();
-                // The attempt never started: give its number back.
-                next.attempts.retain(|a| a.attempt != next.attempt);
-                next.attempt = next.attempt.saturating_sub(1);
-                next.status = Status::Queued;
-                next.deadline_at = None;
-                next.not_before = not_before;
-                next.updated_at = now_ms();
-                next.fence = self.ctx.fence();
-                self.recording.insert(task.id.clone());
-                let (ctx, name) = (self.ctx.clone(), self.agent.name.clone());
-                self.spawn_job(async move {
-                    let result = ctx.store.update(&next, task.version).await.map(Box::new);
-                    if let Ok(stored) = &result {
-                        let back = match &receipt {
-                            Some(receipt) => ctx.queue.nack(&name, receipt, delay).await,
-                            None => {
-                                let send = ctx.queue.send(&name, &stored.id, stored.priority, delay);
-                                send.await
-                            }
-                        };
-                        if let Err(e) = back {
-                            warn!(task_id = %stored.id, error = %e, "could not hand the message back; it reappears after its visibility timeout (or the sweep sends it)");
-                        }
-                    }
-                    Done::Recorded {
-                        id: next.id,
-                        what: Recorded::HandedBack,
-                        result,
-                    }
-                });
+                self.hand_back(task, receipt, delay);
                 false
             }
         }
     }
 
+    /// Gives back a claimed attempt that never started: the task is queued again (its attempt
+    /// number returned), and its message made visible after `delay` (the received one when
+    /// `receipt` is given, else a new one). A job.
+    fn hand_back(&mut self, task: Task, receipt: Option<String>, delay: Duration) {
+        let not_before = now_ms() + delay.as_millis() as Millis;
+        let mut next = task.clone();
+        // The attempt never started: give its number back.
+        next.attempts.retain(|a| a.attempt != next.attempt);
+        next.attempt = next.attempt.saturating_sub(1);
+        next.status = Status::Queued;
+        next.deadline_at = None;
+        next.not_before = not_before;
+        next.updated_at = now_ms();
+        next.fence = self.ctx.fence();
+        self.recording.insert(task.id.clone());
+        let (ctx, name) = (self.ctx.clone(), self.agent.name.clone());
+        self.spawn_job(async move {
+            let result = ctx.store.update(&next, task.version).await.map(Box::new);
+            if let Ok(stored) = &result {
+                let back = match &receipt {
+                    Some(receipt) => ctx.queue.nack(&name, receipt, delay).await,
+                    None => {
+                        let send = ctx.queue.send(&name, &stored.id, stored.priority, delay);
+                        send.await
+                    }
+                };
+                if let Err(e) = back {
+                    warn!(task_id = %stored.id, error = %e, "could not hand the message back; it reappears after its visibility timeout (or the sweep sends it)");
+                }
+            }
+            Done::Recorded {
+                id: next.id,
+                what: Recorded::HandedBack,
+                result,
+            }
+        });
+    }
+
     /// Queues a dispatched task's message for deletion (see [`AgentLoop::flush_acks`]).
     fn queue_ack(&mut self, id: &str, receipt: String) {
+        if receipt.is_empty() {
+            // A claim found on recovery: no message of ours.
+            return;
+        }
         self.acks_since.get_or_insert_with(Instant::now);
         self.receipts.insert(id.to_owned(), receipt.clone());
         self.acks.push((id.to_owned(), receipt));
@@ -1161,11 +1416,15 @@ impl AgentLoop {
     /// start (a local supervisor waiting on a pipe instead of a process to spawn).
     fn prepare_ready(&mut self) {
         let (ctx, agent) = (&self.ctx, &self.agent);
-        let (claiming, active) = (&self.claiming, &self.active);
+        let taken = self.taken_ids();
         let wall = now_ms();
-        for ready in self.ready.iter().take(self.read_ahead_target()) {
+        // Those claimed ahead take the next slots; they were prepared while read ahead.
+        let next_slots = self
+            .read_ahead_target()
+            .saturating_sub(self.staged.len() + self.staging.len());
+        for ready in self.ready.iter().take(next_slots) {
             let id = &ready.task.id;
-            if self.prepared.contains(id) || claiming.contains(id) || active.contains_key(id) {
+            if self.prepared.contains(id) || taken.contains(id) {
                 continue;
             }
             ctx.executor
@@ -1181,11 +1440,22 @@ impl AgentLoop {
         let visibility = self.ctx.settings.visibility;
         let now = Instant::now();
         let mut extend = Vec::new();
-        for ready in self.ready.iter_mut() {
-            if ready.hidden_until.saturating_duration_since(now) < visibility / 2 {
-                extend.push(ready.message.receipt.clone());
-                // If the extension fails the message may be delivered twice: harmless.
-                ready.hidden_until = now + visibility;
+        let held = self
+            .ready
+            .iter_mut()
+            .map(|r| (&mut r.hidden_until, Some(&r.message.receipt)))
+            .chain(
+                self.staged
+                    .iter_mut()
+                    .map(|s| (&mut s.hidden_until, s.receipt.as_ref())),
+            );
+        for (hidden_until, receipt) in held {
+            if let Some(receipt) = receipt {
+                if hidden_until.saturating_duration_since(now) < visibility / 2 {
+                    extend.push(receipt.clone());
+                    // If the extension fails the message may be delivered twice: harmless.
+                    *hidden_until = now + visibility;
+                }
             }
         }
         if !extend.is_empty() {

@@ -7,10 +7,22 @@
 //! look again. It wakes at once on new work ([`Context::wake`]) and on executor changes.
 //!
 //! A freed slot is refilled as soon as the executor reports the attempt ended: the loop holds
-//! tasks read ahead (received and read, up to [`Settings::read_ahead`]), so a refill costs one
-//! compare-and-set and the dispatch, and everything else (recording outcomes and handles,
-//! deleting messages in batches, reading ahead, measuring the depth) runs as jobs the loop
-//! does not wait for (see `agent_loop.rs`).
+//! tasks read ahead (received and read, up to [`Settings::read_ahead`]) whose attempts the
+//! executor prepares ([`Executor::prepare`]), and while every slot is busy it claims the next
+//! ones ahead ([`Settings::claim_ahead`]), so a refill is just the executor's start. Everything
+//! else (recording outcomes and handles, deleting messages in batches, reading ahead, measuring
+//! the depth) runs as jobs the loop does not wait for (see `agent_loop.rs`).
+//!
+//! # Tasks claimed ahead
+//!
+//! A task claimed ahead is `dispatched` in the store (the claim is the same compare-and-set)
+//! but holds no slot and has not started: `max_instances` bounds what runs, and the status
+//! page's running count leaves them out. Its attempt's clock starts when it is handed to the
+//! executor (`deadline_at` and `dispatched_at` are moved there and stored with the attempt's
+//! next write). A cancel, seen at once through the intake or at the next resync, settles it
+//! before it starts. On shutdown they are given back (queued, their attempt number returned,
+//! their message visible again); a coordinator that dies leaves them `dispatched`, and the
+//! next one starts them as slots free up, like any claimed attempt that never started.
 
 mod agent_loop;
 pub mod breaker;
@@ -52,6 +64,11 @@ pub struct Settings {
     /// waits, so a freed slot costs one compare-and-set; at most `max_instances` of the type.
     /// They may run after a higher-priority task that arrives later; 0 turns read-ahead off.
     pub read_ahead: usize,
+    /// Most tasks a loop claims ahead while every slot is busy (claimed in the store as
+    /// `dispatched`, their attempt prepared, not started): a freed slot then starts one without
+    /// waiting for the store. At most `max_instances` and `read_ahead`; like tasks read ahead,
+    /// they may run before a higher-priority task that arrives later. 0 turns it off.
+    pub claim_ahead: usize,
 }
 
 impl Default for Settings {
@@ -67,6 +84,7 @@ impl Default for Settings {
             timeout_grace: Duration::from_secs(2),
             pending_limit: Duration::from_secs(300),
             read_ahead: 10,
+            claim_ahead: 10,
         }
     }
 }
@@ -301,10 +319,15 @@ pub async fn run(
         let agent_loop = agent_loop::AgentLoop::new(ctx.clone(), agent.clone(), rx, waker);
         loops.spawn(agent_loop.run(shutdown.clone()));
     }
-    let router_ctx = ctx.clone();
+    // Weak: the executor inside the context holds the sender of `changes`, so a strong
+    // reference here would keep both alive for good if this future were dropped (aborted).
+    let router_ctx = Arc::downgrade(&ctx);
     let router = tokio::spawn(async move {
         while let Some(task_id) = changes.recv().await {
-            if let Some(route) = router_ctx.owner_of(&task_id).and_then(|t| routes.get(&t)) {
+            let Some(ctx) = router_ctx.upgrade() else {
+                return;
+            };
+            if let Some(route) = ctx.owner_of(&task_id).and_then(|t| routes.get(&t)) {
                 let _ = route.send(task_id);
             }
         }

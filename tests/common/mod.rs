@@ -305,6 +305,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// Lines `start|end TYPE NANOS TASK_ID ATTEMPT` that the test agents append to a log.
+#[derive(Debug)]
 pub struct Event {
     pub start: bool,
     pub agent_type: String,
