@@ -1061,6 +1061,7 @@ mod tests {
             command: command.map(String::from),
             args: vec![],
             max_attempts: None,
+            priority_queues: vec![],
         }
     }
 
