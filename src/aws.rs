@@ -18,7 +18,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use tracing::info;
 
-use crate::config::Inputs;
+use crate::config::{task_queue_name, tier_queue_name, Inputs, PriorityTier};
 
 /// Queue settings of the Terraform module (`naming/main.tf`, `queue_settings`).
 pub mod queue_settings {
@@ -44,8 +44,12 @@ pub mod table_layout {
 /// Names of the AWS resources of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsNames {
-    /// Agent type → task queue name (`<cluster_name>-<type>-tasks`).
+    /// Agent type → task queue name (`<cluster_name>-<type>-tasks`); with priority tiers, the
+    /// base queue, which takes the tasks below every tier's minimum.
     pub task_queues: BTreeMap<String, String>,
+    /// Agent type → its priority tiers' queues, highest minimum first. Types without tiers
+    /// have no entry.
+    pub priority_queues: BTreeMap<String, Vec<TierQueue>>,
     /// `<cluster_name>-tasks-dlq`
     pub dlq: String,
     /// `<cluster_name>-results`
@@ -54,8 +58,20 @@ pub struct AwsNames {
     pub table: String,
 }
 
+/// The queue of one priority tier of an agent type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierQueue {
+    /// The tier's name, as in the inputs' `priority_queues`.
+    pub tier: String,
+    /// Lowest task priority the tier takes.
+    pub min_priority: i64,
+    /// `<cluster_name>-<type>-tasks-<tier>`
+    pub queue: String,
+}
+
 impl AwsNames {
-    /// The module's names for `cluster_name` and these agent types.
+    /// The module's names for `cluster_name` and these agent types, without priority tiers
+    /// (add them with [`AwsNames::with_priority_tiers`]).
     pub fn for_cluster<'a>(
         cluster_name: &str,
         agent_types: impl IntoIterator<Item = &'a str>,
@@ -63,21 +79,60 @@ impl AwsNames {
         AwsNames {
             task_queues: agent_types
                 .into_iter()
-                .map(|t| (t.to_owned(), format!("{cluster_name}-{t}-tasks")))
+                .map(|t| (t.to_owned(), task_queue_name(cluster_name, t)))
                 .collect(),
+            priority_queues: BTreeMap::new(),
             dlq: format!("{cluster_name}-tasks-dlq"),
             results: format!("{cluster_name}-results"),
             table: format!("{cluster_name}-agent-tasks"),
         }
     }
 
-    /// The names for the inputs' cluster and agent types, with the explicit overrides of the
-    /// environment: `AO_TABLE_NAME`, `AO_DLQ_NAME`, `AO_RESULT_QUEUE_NAME`.
+    /// These names with `tiers` as `agent_type`'s priority tiers (replacing any it had; none
+    /// when `tiers` is empty). The tier queues are named after the type's task queue, so a
+    /// renamed base queue carries its tiers along.
+    pub fn with_priority_tiers(mut self, agent_type: &str, tiers: &[PriorityTier]) -> AwsNames {
+        let Some(base) = self.task_queues.get(agent_type) else {
+            return self;
+        };
+        let mut queues: Vec<TierQueue> = tiers
+            .iter()
+            .map(|t| TierQueue {
+                tier: t.name.clone(),
+                min_priority: t.min_priority,
+                queue: tier_queue_name(base, &t.name),
+            })
+            .collect();
+        // Highest first: the order routing looks them up in and receives take them in.
+        queues.sort_by_key(|t| std::cmp::Reverse(t.min_priority));
+        if queues.is_empty() {
+            self.priority_queues.remove(agent_type);
+        } else {
+            self.priority_queues.insert(agent_type.to_owned(), queues);
+        }
+        self
+    }
+
+    /// Every task queue: each type's base queue and its tier queues.
+    pub fn all_task_queues(&self) -> impl Iterator<Item = &str> + '_ {
+        self.task_queues.values().map(String::as_str).chain(
+            self.priority_queues
+                .values()
+                .flatten()
+                .map(|t| t.queue.as_str()),
+        )
+    }
+
+    /// The names for the inputs' cluster, agent types and priority tiers, with the explicit
+    /// overrides of the environment: `AO_TABLE_NAME`, `AO_DLQ_NAME`, `AO_RESULT_QUEUE_NAME`.
     pub fn from_inputs(inputs: &Inputs) -> AwsNames {
         let mut names = AwsNames::for_cluster(
             &inputs.cluster_name,
             inputs.agent_types.keys().map(String::as_str),
         );
+        for (name, agent_type) in &inputs.agent_types {
+            names = names.with_priority_tiers(name, &agent_type.priority_queues);
+        }
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         if let Some(table) = env("AO_TABLE_NAME") {
             names.table = table;
@@ -93,19 +148,26 @@ impl AwsNames {
 }
 
 /// Explicit queue URLs from the environment, as (queue name, URL): `AO_SQS_QUEUE_URL_<TYPE>`
-/// for a task queue (type upper-cased, `-` as `_`), `AO_SQS_DLQ_URL` for the DLQ and
-/// `AO_SQS_RESULT_QUEUE_URL` for the result queue. Queues without one are resolved by name.
+/// for a task queue and `AO_SQS_QUEUE_URL_<TYPE>_<TIER>` for a priority tier's (upper-cased,
+/// `-` as `_`), `AO_SQS_DLQ_URL` for the DLQ and `AO_SQS_RESULT_QUEUE_URL` for the result
+/// queue. Queues without one are resolved by name.
+///
+/// Spelled that way, two queues can share a variable (type `a-b` and type `a` with tier `b`
+/// both read `AO_SQS_QUEUE_URL_A_B`): such a variable is ignored, with a warning, and both
+/// queues are resolved by name, since one URL for two queues would mix their tasks.
 pub fn queue_url_overrides(names: &AwsNames) -> Vec<(String, String)> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let mut out: Vec<(String, String)> = names
-        .task_queues
-        .iter()
-        .filter_map(|(agent_type, queue)| {
-            let var = format!(
-                "AO_SQS_QUEUE_URL_{}",
-                agent_type.to_uppercase().replace('-', "_")
-            );
-            env(&var).map(|url| (queue.clone(), url))
+    let mut out: Vec<(String, String)> = task_queue_url_variables(names)
+        .into_iter()
+        .filter_map(|(var, queues)| {
+            let url = env(&var)?;
+            match <[String; 1]>::try_from(queues) {
+                Ok([queue]) => Some((queue, url)),
+                Err(queues) => {
+                    tracing::warn!(variable = %var, ?queues, "one URL variable names several task queues: ignored, each queue is resolved by name");
+                    None
+                }
+            }
         })
         .collect();
     if let Some(url) = env("AO_SQS_DLQ_URL") {
@@ -113,6 +175,29 @@ pub fn queue_url_overrides(names: &AwsNames) -> Vec<(String, String)> {
     }
     if let Some(url) = env("AO_SQS_RESULT_QUEUE_URL") {
         out.push((names.results.clone(), url));
+    }
+    out
+}
+
+/// Each task queue's URL variable, with the queues it names (more than one when spellings
+/// collide).
+fn task_queue_url_variables(names: &AwsNames) -> BTreeMap<String, Vec<String>> {
+    let var = |parts: &[&str]| {
+        let suffix = parts.join("_").to_uppercase().replace('-', "_");
+        format!("AO_SQS_QUEUE_URL_{suffix}")
+    };
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (agent_type, queue) in &names.task_queues {
+        out.entry(var(&[agent_type]))
+            .or_default()
+            .push(queue.clone());
+    }
+    for (agent_type, tiers) in &names.priority_queues {
+        for tier in tiers {
+            out.entry(var(&[agent_type, &tier.tier]))
+                .or_default()
+                .push(tier.queue.clone());
+        }
     }
     out
 }
@@ -257,7 +342,7 @@ pub async fn bootstrap(config: &SdkConfig, names: &AwsNames) -> Result<(), Strin
     crate::queue::sqs::bootstrap_queues(&sqs, names).await?;
     crate::store::dynamodb::bootstrap_table(&dynamo, &names.table).await?;
     info!(table = %names.table, dlq = %names.dlq, results = %names.results,
-        queues = ?names.task_queues.values().collect::<Vec<_>>(), "bootstrap: AWS resources present");
+        queues = ?names.all_task_queues().collect::<Vec<_>>(), "bootstrap: AWS resources present");
     Ok(())
 }
 
@@ -273,5 +358,79 @@ mod tests {
         assert_eq!(names.dlq, "prod-tasks-dlq");
         assert_eq!(names.results, "prod-results");
         assert_eq!(names.table, "prod-agent-tasks");
+        assert!(names.priority_queues.is_empty());
+    }
+
+    fn tier(name: &str, min_priority: i64) -> PriorityTier {
+        PriorityTier {
+            name: name.into(),
+            min_priority,
+        }
+    }
+
+    #[test]
+    fn tier_queues_follow_the_module_highest_first() {
+        let names = AwsNames::for_cluster("prod", ["coder", "tester"])
+            .with_priority_tiers("coder", &[tier("low", -5), tier("urgent", 100)])
+            .with_priority_tiers("tester", &[])
+            .with_priority_tiers("nope", &[tier("x", 1)]);
+        let coder: Vec<(&str, i64, &str)> = names.priority_queues["coder"]
+            .iter()
+            .map(|t| (t.tier.as_str(), t.min_priority, t.queue.as_str()))
+            .collect();
+        assert_eq!(
+            coder,
+            [
+                ("urgent", 100, "prod-coder-tasks-urgent"),
+                ("low", -5, "prod-coder-tasks-low")
+            ]
+        );
+        assert_eq!(
+            names.priority_queues.keys().collect::<Vec<_>>(),
+            ["coder"],
+            "no tiers, or an unknown type, add nothing"
+        );
+        assert_eq!(
+            names.all_task_queues().collect::<Vec<_>>(),
+            [
+                "prod-coder-tasks",
+                "prod-tester-tasks",
+                "prod-coder-tasks-urgent",
+                "prod-coder-tasks-low"
+            ]
+        );
+    }
+
+    #[test]
+    fn names_from_inputs_carry_the_tiers() {
+        let inputs = crate::config::decode(
+            r#"{"cluster_name": "c", "agent_types": {"a-b": {"image": "i", "cpu_limit": 1,
+                "memory_limit": "64MB", "max_instances": 1, "priority_queues": {"hi": 5, "top": 9}}}}"#,
+            crate::config::source::Format::Json,
+            "t.json",
+        )
+        .expect("valid inputs");
+        let names = AwsNames::from_inputs(&inputs);
+        let queues: Vec<&str> = names.priority_queues["a-b"]
+            .iter()
+            .map(|t| t.queue.as_str())
+            .collect();
+        assert_eq!(queues, ["c-a-b-tasks-top", "c-a-b-tasks-hi"]);
+    }
+
+    #[test]
+    fn url_variables_name_tier_queues_and_report_collisions() {
+        let names = AwsNames::for_cluster("c", ["a", "a-b", "x"])
+            .with_priority_tiers("a", &[tier("b", 5)])
+            .with_priority_tiers("x", &[tier("urgent-1", 5)]);
+        let vars = task_queue_url_variables(&names);
+        assert_eq!(vars["AO_SQS_QUEUE_URL_X_URGENT_1"], ["c-x-tasks-urgent-1"]);
+        assert_eq!(vars["AO_SQS_QUEUE_URL_X"], ["c-x-tasks"]);
+        assert_eq!(vars["AO_SQS_QUEUE_URL_A"], ["c-a-tasks"]);
+        assert_eq!(
+            vars["AO_SQS_QUEUE_URL_A_B"],
+            ["c-a-b-tasks", "c-a-tasks-b"],
+            "type a-b and type a's tier b share a spelling"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::scheduler::Context;
 use crate::store::{Created, StoreError};
-use crate::task::{now_ms, NewTask, Status, Task};
+use crate::task::{now_ms, NewTask, Status, Task, PRIORITY_RANGE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
@@ -38,8 +38,6 @@ pub struct SubmitRequest {
 
 /// Longest run-time limit a submit may ask for.
 const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
-/// Priorities accepted from callers (higher runs first).
-pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
 
 /// Creates a task (or returns the one its idempotency key created) and enqueues it.
 /// Returns the task and whether it is new.

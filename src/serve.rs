@@ -569,7 +569,7 @@ struct AwsParts {
 /// SDK's default chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, credentials) says where.
 /// `AO_SQS_WAIT_SECONDS` sets the receive long-poll (default 0, at most 20); explicit names and
 /// URLs: `AO_TABLE_NAME`, `AO_DLQ_NAME`, `AO_RESULT_QUEUE_NAME`, `AO_SQS_QUEUE_URL_<TYPE>`,
-/// `AO_SQS_DLQ_URL`.
+/// `AO_SQS_QUEUE_URL_<TYPE>_<TIER>`, `AO_SQS_DLQ_URL`.
 #[cfg(feature = "aws")]
 async fn aws_backends(settings: &ServeSettings) -> Result<AwsParts, ServeError> {
     use crate::aws::{AwsNames, AwsSettings};

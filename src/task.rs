@@ -8,6 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+/// Priorities a task may have (higher runs first); intake refuses others, and SQS priority
+/// tiers (`priority_queues`) are bounded by the same range.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+
 /// Task id: a UUIDv7 (time-ordered), so ids sort by creation and page cheaply.
 pub type TaskId = String;
 

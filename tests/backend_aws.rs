@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_orchestrator::aws::{sdk_config, AwsNames, AwsSettings};
+use agent_orchestrator::config::PriorityTier;
 use agent_orchestrator::queue::sqs::{bootstrap_queues, SqsOptions, SqsQueue};
 use agent_orchestrator::queue::{QueueError, TaskQueue};
 use agent_orchestrator::store::conformance::{self, sample_task, SuiteOptions};
@@ -49,10 +50,39 @@ fn unique(prefix: &str) -> String {
 
 async fn sqs_for(config: &SdkConfig, agent_types: &[String]) -> (SqsQueue, AwsNames) {
     let names = AwsNames::for_cluster(&unique("q"), agent_types.iter().map(String::as_str));
+    sqs_with(config, names).await
+}
+
+/// Creates the queues `names` name (tier queues included) and a queue over them.
+async fn sqs_with(config: &SdkConfig, names: AwsNames) -> (SqsQueue, AwsNames) {
     bootstrap_queues(&aws_sdk_sqs::Client::new(config), &names)
         .await
         .expect("create queues");
     (SqsQueue::new(config, &names, SqsOptions::default()), names)
+}
+
+/// Tiers named `p<min>` (`m` for a minus sign), one per minimum.
+fn tiers(minimums: &[i64]) -> Vec<PriorityTier> {
+    minimums
+        .iter()
+        .map(|&min_priority| PriorityTier {
+            name: format!("p{min_priority}").replace('-', "m"),
+            min_priority,
+        })
+        .collect()
+}
+
+/// The URL of queue `name`.
+async fn queue_url(client: &aws_sdk_sqs::Client, name: &str) -> String {
+    client
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("queue url")
+        .queue_url()
+        .expect("url")
+        .to_owned()
 }
 
 async fn dynamo_for(config: &SdkConfig) -> DynamoStore {
@@ -70,12 +100,26 @@ async fn sqs_queue_conformance() {
     };
     let options = SuiteOptions {
         tick: Duration::from_secs(1),
-        strict_order: false,
+        priority_order: true,
+        fifo_within_priority: false,
         dedup_waiting_sends: false,
         ..SuiteOptions::default()
     };
     let config = config_for(&url).await;
-    let (queue, _) = sqs_for(&config, &conformance::queue_agent_types(&options)).await;
+    // SQS orders only across queues: a tier for each priority the priority check sends but
+    // the lowest, which the base queue takes.
+    let (lowest, tiered) = conformance::PRIORITY_CHECK_PRIORITIES
+        .split_last()
+        .expect("the priority check sends priorities");
+    let names = AwsNames::for_cluster(
+        &unique("q"),
+        conformance::queue_agent_types(&options)
+            .iter()
+            .map(String::as_str),
+    )
+    .with_priority_tiers(&options.agent_type("priority"), &tiers(tiered));
+    assert!(tiered.iter().all(|min| min > lowest));
+    let (queue, _) = sqs_with(&config, names).await;
     within(conformance::run_queue_suite_with(
         || queue.clone(),
         &options,
@@ -120,6 +164,239 @@ async fn sqs_receive_loops_past_ten_and_unknown_types_are_refused() {
             queue.send("nope", "x", 0, Duration::ZERO).await,
             Err(QueueError::UnknownQueue { .. })
         ));
+    })
+    .await;
+}
+
+/// `ApproximateNumberOfMessages` of one queue, read past the `SqsQueue`.
+async fn visible_in(client: &aws_sdk_sqs::Client, url: &str) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+        .and_then(|v| v.parse().ok())
+        .expect("message count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_priority_tiers_route_by_priority_and_receipts_find_their_queue() {
+    let Some(url) = moto("sqs_priority_tiers") else {
+        return;
+    };
+    let config = config_for(&url).await;
+    let names = AwsNames::for_cluster(&unique("q"), ["coder"]).with_priority_tiers(
+        "coder",
+        &[
+            PriorityTier {
+                name: "urgent".into(),
+                min_priority: 10,
+            },
+            PriorityTier {
+                name: "normal".into(),
+                min_priority: 0,
+            },
+        ],
+    );
+    let (queue, names) = sqs_with(&config, names).await;
+    let client = aws_sdk_sqs::Client::new(&config);
+    let base = queue_url(&client, &names.task_queues["coder"]).await;
+    let urgent = queue_url(&client, &format!("{}-urgent", names.task_queues["coder"])).await;
+    let normal = queue_url(&client, &format!("{}-normal", names.task_queues["coder"])).await;
+    within(async {
+        queue.resolve_all().await.expect("every queue resolves");
+        for (task, priority) in [("u-1", 50), ("u-2", 10), ("n-1", 3), ("b-1", -2)] {
+            queue
+                .send("coder", task, priority, Duration::ZERO)
+                .await
+                .expect("send");
+        }
+        assert_eq!(
+            [
+                visible_in(&client, &urgent).await,
+                visible_in(&client, &normal).await,
+                visible_in(&client, &base).await
+            ],
+            [2, 1, 1],
+            "each task in the tier with the highest minimum at or below its priority"
+        );
+        assert_eq!(queue.depth("coder").await.expect("depth").visible, 4);
+
+        let first = queue
+            .receive("coder", 3, Duration::from_secs(60))
+            .await
+            .expect("receive");
+        let mut got: Vec<(&str, i64)> = first
+            .iter()
+            .map(|m| (m.task_id.as_str(), m.priority))
+            .collect();
+        got[..2].sort();
+        assert_eq!(
+            got,
+            [("u-1", 50), ("u-2", 10), ("n-1", 3)],
+            "tiers highest first"
+        );
+        assert!(first[..2].iter().all(|m| m.receipt.starts_with("urgent~")));
+        assert!(first[2].receipt.starts_with("normal~"));
+        let last = queue
+            .receive("coder", 10, Duration::from_secs(60))
+            .await
+            .expect("receive the base queue");
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].task_id, "b-1");
+        assert!(
+            !last[0].receipt.contains('~'),
+            "base receipts are SQS's own"
+        );
+        let depth = queue.depth("coder").await.expect("depth");
+        assert_eq!((depth.visible, depth.in_flight), (0, 4), "{depth:?}");
+
+        // A nack reaches the tier the message is in.
+        queue
+            .nack("coder", &first[2].receipt, Duration::ZERO)
+            .await
+            .expect("nack");
+        assert_eq!(visible_in(&client, &normal).await, 1, "back in its tier");
+        let again = queue
+            .receive("coder", 10, Duration::from_secs(60))
+            .await
+            .expect("receive after nack");
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            (again[0].task_id.as_str(), again[0].receive_count),
+            ("n-1", 2)
+        );
+
+        // Bogus receipts, tagged or not, are no error and delete nothing.
+        for bogus in ["urgent~nope", "gone~nope", "normal~", "~", "nope"] {
+            queue.ack("coder", bogus).await.expect("ack bogus");
+            queue
+                .nack("coder", bogus, Duration::ZERO)
+                .await
+                .expect("nack bogus");
+        }
+        let bogus: Vec<String> = ["urgent~nope", "gone~nope", "nope"]
+            .map(String::from)
+            .to_vec();
+        queue
+            .ack_many("coder", &bogus)
+            .await
+            .expect("ack_many bogus");
+        assert_eq!(queue.depth("coder").await.expect("depth").in_flight, 4);
+
+        // One ack, then one batch over three queues.
+        queue.ack("coder", &first[0].receipt).await.expect("ack");
+        let receipts = vec![
+            first[1].receipt.clone(),
+            again[0].receipt.clone(),
+            last[0].receipt.clone(),
+        ];
+        queue.ack_many("coder", &receipts).await.expect("ack_many");
+        let depth = queue.depth("coder").await.expect("depth");
+        assert_eq!(
+            (depth.visible, depth.in_flight, depth.delayed),
+            (0, 0, 0),
+            "every queue is empty: {depth:?}"
+        );
+
+        // Poison in a tier goes to the DLQ like poison anywhere.
+        client
+            .send_message()
+            .queue_url(&urgent)
+            .message_body("not json at all")
+            .send()
+            .await
+            .expect("send poison");
+        let none = queue
+            .receive("coder", 10, Duration::from_secs(60))
+            .await
+            .expect("receive poison");
+        assert!(none.is_empty(), "{none:?}");
+        let dlq = queue_url(&client, &names.dlq).await;
+        let dead = client
+            .receive_message()
+            .queue_url(&dlq)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("receive DLQ");
+        let [m] = dead.messages() else {
+            panic!("one message in the DLQ: {:?}", dead.messages())
+        };
+        let source = m
+            .message_attributes()
+            .and_then(|a| a.get("source_queue"))
+            .and_then(|v| v.string_value());
+        assert_eq!(source, Some(urgent.as_str()), "the DLQ copy names its tier");
+        assert_eq!(visible_in(&client, &urgent).await, 0);
+
+        // A queue over a tier nobody created reports it at start.
+        let missing = names.clone().with_priority_tiers("coder", &tiers(&[50]));
+        let err = SqsQueue::new(&config, &missing, SqsOptions::default())
+            .resolve_all()
+            .await
+            .expect_err("the p50 queue does not exist");
+        assert!(err.to_string().contains("-tasks-p50"), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_receive_long_polls_only_when_every_queue_is_empty() {
+    let Some(url) = moto("sqs_tier_wait") else {
+        return;
+    };
+    let config = config_for(&url).await;
+    let names =
+        AwsNames::for_cluster(&unique("q"), ["coder"]).with_priority_tiers("coder", &tiers(&[5]));
+    let (_, names) = sqs_with(&config, names).await;
+    let queue = SqsQueue::new(
+        &config,
+        &names,
+        SqsOptions {
+            wait_time: Duration::from_secs(3),
+        },
+    );
+    within(async {
+        queue
+            .send("coder", "low-1", 0, Duration::ZERO)
+            .await
+            .expect("send");
+        let began = Instant::now();
+        let got = queue
+            .receive("coder", 10, Duration::from_secs(60))
+            .await
+            .expect("receive");
+        assert_eq!(got.len(), 1);
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "the base queue's message came without waiting out the empty tier: {:?}",
+            began.elapsed()
+        );
+        // With every queue empty, the receive long-polls the top tier.
+        let sender = queue.clone();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            sender.send("coder", "high-1", 9, Duration::ZERO).await
+        });
+        let began = Instant::now();
+        let got = queue
+            .receive("coder", 10, Duration::from_secs(60))
+            .await
+            .expect("receive");
+        late.await.expect("sender").expect("send");
+        let ids: Vec<&str> = got.iter().map(|m| m.task_id.as_str()).collect();
+        assert_eq!(ids, ["high-1"], "the wait caught the late message");
+        assert!(
+            began.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            began.elapsed()
+        );
     })
     .await;
 }

@@ -47,6 +47,7 @@ fn agent(name: &str, command: Option<&str>, args: &[&str], env: &[(&str, &str)])
         command: command.map(String::from),
         args: args.iter().map(|a| a.to_string()).collect(),
         max_attempts: None,
+        priority_queues: vec![],
     }
 }
 

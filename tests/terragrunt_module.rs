@@ -295,11 +295,8 @@ fn a_changed_type_or_default_is_reported() {
         "{problems:#?}"
     );
 
-    let changed = text.replacen(
-        "priority      = optional(number, 50)",
-        "priority      = optional(string, \"50\")",
-        1,
-    );
+    // Only the agent type's priority has this type and default (alignment is terraform fmt's).
+    let changed = text.replacen("optional(number, 50)", "optional(string, \"50\")", 1);
     assert_ne!(
         changed, text,
         "the agent type's priority is declared `optional(number, 50)`"
@@ -751,6 +748,27 @@ fn agents_may_only_send_to_the_result_queue() {
 }
 
 #[test]
+fn the_coordinator_may_use_every_queue_of_the_module() {
+    let module = module();
+    let queues: BTreeSet<&String> = module
+        .resources
+        .keys()
+        .filter(|address| address.starts_with("aws_sqs_queue."))
+        .collect();
+    let granted: BTreeSet<String> = module
+        .statements
+        .iter()
+        .filter(|s| s.document == "coordinator" && s.actions.iter().any(|a| a.starts_with("sqs:")))
+        .flat_map(|s| resource_refs(&module, s, s.resources.as_ref().expect("resources")).addresses)
+        .collect();
+    assert_eq!(
+        granted.iter().collect::<BTreeSet<_>>(),
+        queues,
+        "the coordinator's SQS statements name every queue (task and tier queues, DLQ, results)"
+    );
+}
+
+#[test]
 fn the_secret_is_granted_only_when_set_and_only_that_one() {
     let module = module();
     let secret: Vec<&Statement> = module
@@ -805,8 +823,8 @@ fn queues_are_encrypted_and_task_queues_redrive_to_the_dlq() {
         .collect();
     assert_eq!(
         queues.len(),
-        3,
-        "task queues (for_each), the DLQ and the result queue"
+        4,
+        "task queues and priority tier queues (for_each), the DLQ and the result queue"
     );
     for (address, body) in &queues {
         assert_eq!(
@@ -815,16 +833,35 @@ fn queues_are_encrypted_and_task_queues_redrive_to_the_dlq() {
             "{address} is encrypted"
         );
     }
-    let task = resource(&module, "aws_sqs_queue.task");
+    for (address, names, what) in [
+        (
+            "aws_sqs_queue.task",
+            "task_queue_names",
+            "one task queue per agent type",
+        ),
+        (
+            "aws_sqs_queue.priority",
+            "priority_queue_names",
+            "one queue per priority tier",
+        ),
+    ] {
+        let queue = resource(&module, address);
+        assert!(
+            attr(queue, "for_each").is_some_and(|e| text(e).contains(names)),
+            "{what}"
+        );
+        let redrive =
+            text(attr(queue, "redrive_policy").expect("task queues have a redrive policy"));
+        assert!(
+            redrive.contains("deadLetterTargetArn = aws_sqs_queue.dlq.arn")
+                && redrive.contains("maxReceiveCount"),
+            "{address}: {redrive}"
+        );
+    }
+    let queues_local = text(module.locals.get("queues").expect("local.queues"));
     assert!(
-        attr(task, "for_each").is_some_and(|e| text(e).contains("task_queue_names")),
-        "one task queue per agent type"
-    );
-    let redrive = text(attr(task, "redrive_policy").expect("task queues have a redrive policy"));
-    assert!(
-        redrive.contains("deadLetterTargetArn = aws_sqs_queue.dlq.arn")
-            && redrive.contains("maxReceiveCount"),
-        "{redrive}"
+        queues_local.contains("aws_sqs_queue.priority"),
+        "tier queues get the TLS-only policy too: {queues_local}"
     );
     let dlq = text(attr(resource(&module, "aws_sqs_queue.dlq"), "name").expect("name"));
     assert_eq!(dlq, "module.naming.dlq_name");

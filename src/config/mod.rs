@@ -56,6 +56,17 @@ pub struct AgentType {
     pub command: Option<String>,
     pub args: Vec<String>,
     pub max_attempts: Option<u32>,
+    /// SQS priority tiers (`priority_queues`), highest minimum first; empty for one queue.
+    pub priority_queues: Vec<PriorityTier>,
+}
+
+/// One SQS priority tier of an agent type: a queue of its own
+/// (`<cluster_name>-<type>-tasks-<name>`) for the tasks whose priority is at least
+/// `min_priority` and below the next higher tier's minimum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityTier {
+    pub name: String,
+    pub min_priority: i64,
 }
 
 impl AgentType {
@@ -98,6 +109,8 @@ pub enum Kind {
     Duration,
     StringList,
     StringMap,
+    /// An object of numbers keyed by name (`priority_queues`).
+    NumberMap,
     AgentTypes,
 }
 
@@ -109,6 +122,7 @@ impl Kind {
             Kind::Number => "number".into(),
             Kind::StringList => "list(string)".into(),
             Kind::StringMap => "map(string)".into(),
+            Kind::NumberMap => "map(number)".into(),
             Kind::AgentTypes => {
                 let fields: Vec<String> = AGENT_TYPE_FIELDS
                     .iter()
@@ -239,6 +253,12 @@ pub const AGENT_TYPE_FIELDS: &[FieldSpec] = &[
         Kind::Number,
         Default::Null,
         "Attempts per task; defaults to max_attempts.",
+    ),
+    field(
+        "priority_queues",
+        Kind::NumberMap,
+        Default::Json("{}"),
+        "SQS priority tiers: tier name -> lowest task priority it takes, each tier its own queue <cluster_name>-<type>-tasks-<tier>, received highest first (the embedded queue ignores it: it is strictly ordered already).",
     ),
 ];
 
@@ -446,13 +466,13 @@ impl Decoder {
                 continue;
             }
             if let Some(cluster) = cluster_name {
-                let queue = format!("{cluster}-{name}-tasks");
-                if queue.len() > 80 {
+                let queue = task_queue_name(cluster, name);
+                if queue.len() > MAX_QUEUE_NAME {
                     self.error(&path, entry.line, format!("queue name `{queue}` is longer than SQS's 80 characters: shorten cluster_name or the type name"));
                     ok = false;
                 }
             }
-            match self.agent_type(name, entry, &path) {
+            match self.agent_type(name, entry, &path, cluster_name) {
                 Some(agent) => {
                     types.insert(name.clone(), agent);
                 }
@@ -462,7 +482,13 @@ impl Decoder {
         ok.then_some(types)
     }
 
-    fn agent_type(&mut self, name: &str, node: &Node, path: &str) -> Option<AgentType> {
+    fn agent_type(
+        &mut self,
+        name: &str,
+        node: &Node,
+        path: &str,
+        cluster_name: Option<&str>,
+    ) -> Option<AgentType> {
         let mut f = self.fields(node, path, AGENT_TYPE_FIELDS, &[])?;
         let p = |field: &str| format!("{path}.{field}");
         let image = self.non_empty_string(&f.take("image"), &p("image"));
@@ -486,6 +512,12 @@ impl Decoder {
         let max_attempts = self.optional(&f.take("max_attempts"), &p("max_attempts"), |d, n, p| {
             d.integer(n, p, 1, 100)
         });
+        let queue_prefix = cluster_name.map(|cluster| task_queue_name(cluster, name));
+        let priority_queues = self.priority_tiers(
+            &f.take("priority_queues"),
+            &p("priority_queues"),
+            queue_prefix.as_deref(),
+        );
         Some(AgentType {
             name: name.to_string(),
             image: image?,
@@ -499,6 +531,74 @@ impl Decoder {
             command: command?,
             args: args?,
             max_attempts: max_attempts?.map(|n| n as u32),
+            priority_queues: priority_queues?,
+        })
+    }
+
+    /// `priority_queues`: tier name → minimum task priority, decoded as tiers sorted by
+    /// minimum, highest first (the order a receive takes them in). `queue_prefix` is the
+    /// type's task queue name, when the cluster name is known, to check the tiers' queue names.
+    fn priority_tiers(
+        &mut self,
+        node: &Node,
+        path: &str,
+        queue_prefix: Option<&str>,
+    ) -> Option<Vec<PriorityTier>> {
+        let entries = self.map(node, path)?;
+        let mut tiers: Vec<PriorityTier> = Vec::new();
+        let mut ok = true;
+        for (name, value) in entries {
+            let p = format!("{path}.{name}");
+            match self.priority_tier(name, value, &p, &tiers, queue_prefix) {
+                Some(tier) => tiers.push(tier),
+                None => ok = false,
+            }
+        }
+        tiers.sort_by_key(|t| std::cmp::Reverse(t.min_priority));
+        ok.then_some(tiers)
+    }
+
+    /// One tier, checked against the tiers before it: a name that can end a queue name, a
+    /// whole minimum in the task priority range, no minimum shared (routing by priority
+    /// needs one tier per minimum).
+    fn priority_tier(
+        &mut self,
+        name: &str,
+        value: &Node,
+        path: &str,
+        earlier: &[PriorityTier],
+        queue_prefix: Option<&str>,
+    ) -> Option<PriorityTier> {
+        if !is_tier_name(name) {
+            self.error(path, value.line, format!("tier name `{name}` must be 1-{MAX_TIER_NAME} lowercase letters, digits, '_' and '-' (it ends a queue name)"));
+            return None;
+        }
+        if earlier.iter().any(|t| t.name == name) {
+            self.error(path, value.line, format!("`{name}` is set twice"));
+            return None;
+        }
+        let min_priority = self.signed_integer(value, path, crate::task::PRIORITY_RANGE)?;
+        if let Some(other) = earlier.iter().find(|t| t.min_priority == min_priority) {
+            self.error(
+                path,
+                value.line,
+                format!(
+                    "tiers `{}` and `{name}` share the minimum {min_priority}: each tier needs its own",
+                    other.name
+                ),
+            );
+            return None;
+        }
+        if let Some(prefix) = queue_prefix {
+            let queue = tier_queue_name(prefix, name);
+            if queue.len() > MAX_QUEUE_NAME {
+                self.error(path, value.line, format!("queue name `{queue}` is longer than SQS's {MAX_QUEUE_NAME} characters: shorten the tier, type or cluster name"));
+                return None;
+            }
+        }
+        Some(PriorityTier {
+            name: name.to_owned(),
+            min_priority,
         })
     }
 
@@ -632,16 +732,20 @@ impl Decoder {
         Some(s)
     }
 
-    fn integer(&mut self, node: &Node, path: &str, min: u64, max: u64) -> Option<u64> {
-        let n = match self.resolved(node, path)? {
-            Value::Number(n) => *n,
+    fn number(&mut self, node: &Node, path: &str) -> Option<f64> {
+        match self.resolved(node, path)? {
+            Value::Number(n) => Some(*n),
             // Terraform converts numeric strings; so do we.
-            Value::String(s) if s.trim().parse::<f64>().is_ok() => s.trim().parse::<f64>().ok()?,
+            Value::String(s) if s.trim().parse::<f64>().is_ok() => s.trim().parse::<f64>().ok(),
             _ => {
                 self.expected(node, path, "a number");
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    fn integer(&mut self, node: &Node, path: &str, min: u64, max: u64) -> Option<u64> {
+        let n = self.number(node, path)?;
         if n.fract() != 0.0 || n < min as f64 || n > max as f64 {
             let range = if max == u64::MAX {
                 format!("at least {min}")
@@ -656,6 +760,29 @@ impl Decoder {
             return None;
         }
         Some(n as u64)
+    }
+
+    /// A whole number within `range`, which may be negative.
+    fn signed_integer(
+        &mut self,
+        node: &Node,
+        path: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Option<i64> {
+        let n = self.number(node, path)?;
+        if n.fract() != 0.0 || n < *range.start() as f64 || n > *range.end() as f64 {
+            self.error(
+                path,
+                node.line,
+                format!(
+                    "{n} is out of range: expected a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            return None;
+        }
+        Some(n as i64)
     }
 
     fn size(&mut self, node: &Node, path: &str) -> Option<u64> {
@@ -768,7 +895,6 @@ impl Decoder {
     }
 }
 
-/// Lowercase letters, digits and inner dashes: safe in Nomad job ids and AWS names.
 /// A secret as read from a file or a secret store: surrounding whitespace (the newline editors
 /// add) dropped; `None` when nothing is left.
 pub fn trimmed_secret(bytes: &[u8]) -> Option<Vec<u8>> {
@@ -777,12 +903,37 @@ pub fn trimmed_secret(bytes: &[u8]) -> Option<Vec<u8>> {
     (!trimmed.is_empty()).then(|| trimmed.as_bytes().to_vec())
 }
 
+/// Lowercase letters, digits and inner dashes: safe in Nomad job ids and AWS names.
 pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('-')
         && !s.ends_with('-')
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// `<cluster_name>-<type>-tasks`: an agent type's task queue (its base queue when it has tiers).
+pub fn task_queue_name(cluster_name: &str, agent_type: &str) -> String {
+    format!("{cluster_name}-{agent_type}-tasks")
+}
+
+/// `<cluster_name>-<type>-tasks-<tier>`: the queue of one priority tier, named after its
+/// type's task queue.
+pub fn tier_queue_name(task_queue: &str, tier: &str) -> String {
+    format!("{task_queue}-{tier}")
+}
+
+/// SQS's longest queue name.
+const MAX_QUEUE_NAME: usize = 80;
+/// Longest tier name: short enough to leave room for the rest of a queue name.
+const MAX_TIER_NAME: usize = 20;
+
+/// A priority tier's name: 1-20 lowercase letters, digits, `_` and `-`, all of which SQS allows
+/// in a queue name.
+fn is_tier_name(s: &str) -> bool {
+    (1..=MAX_TIER_NAME).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 #[cfg(test)]

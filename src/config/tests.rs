@@ -204,6 +204,102 @@ fn every_default_in_the_schema_decodes() {
     assert_eq!(inputs.agent_types["a"].args, Vec::<String>::new());
 }
 
+/// `VALID` with `priority_queues = <tiers>` in the coder type (line 13).
+fn with_tiers(tiers: &str) -> String {
+    VALID.replace(
+        "timeout       = \"1h\"",
+        &format!("timeout       = \"1h\"\n      priority_queues = {tiers}"),
+    )
+}
+
+#[test]
+fn priority_queues_decode_sorted_highest_first_and_default_to_none() {
+    assert!(hcl(VALID).unwrap().agent_types["coder"]
+        .priority_queues
+        .is_empty());
+    let inputs = hcl(&with_tiers(
+        "{ low = -5, urgent = 100, \"high-1\" = 10, b_0 = 0 }",
+    ))
+    .unwrap();
+    let tiers: Vec<(&str, i64)> = inputs.agent_types["coder"]
+        .priority_queues
+        .iter()
+        .map(|t| (t.name.as_str(), t.min_priority))
+        .collect();
+    assert_eq!(
+        tiers,
+        [("urgent", 100), ("high-1", 10), ("b_0", 0), ("low", -5)]
+    );
+}
+
+#[test]
+fn bad_priority_queues_name_the_tier_and_its_line() {
+    let path = |tier: &str| format!("agent_types.coder.priority_queues.{tier}");
+    for (tiers, tier, fragment) in [
+        ("{ Urgent = 10 }", "Urgent", "lowercase"),
+        ("{ \"a.b\" = 10 }", "a.b", "lowercase"),
+        (
+            "{ abcdefghijabcdefghijk = 10 }",
+            "abcdefghijabcdefghijk",
+            "1-20",
+        ),
+        ("{ urgent = 2.5 }", "urgent", "whole number"),
+        ("{ urgent = 1001 }", "urgent", "from -1000 to 1000"),
+        ("{ urgent = \"soon\" }", "urgent", "expected a number"),
+        ("{ urgent = 10, high = 10 }", "high", "share the minimum 10"),
+    ] {
+        check_err(
+            &with_tiers(tiers),
+            Format::Hcl,
+            &path(tier),
+            Some(13),
+            fragment,
+        );
+    }
+    check_err(
+        &with_tiers("[10]"),
+        Format::Hcl,
+        "agent_types.coder.priority_queues",
+        Some(13),
+        "expected an object",
+    );
+    let json = r#"{"cluster_name": "c", "agent_types": {"a": {"image": "i", "cpu_limit": 1,
+        "memory_limit": "64MB", "max_instances": 1, "priority_queues": {"x": 1, "x": 2}}}}"#;
+    check_err(
+        json,
+        Format::Json,
+        "agent_types.a.priority_queues.x",
+        None,
+        "set twice",
+    );
+}
+
+#[test]
+fn a_tier_queue_name_must_fit_sqs() {
+    // 40 + 1 + 26 + 6 ("-tasks") = 73 for the base queue; a tier of 7 makes it 81.
+    let cluster = "abcdefghij-abcdefghij-abcdefghij-abcdefg";
+    let src = with_tiers("{ abcdefg = 1, abcdef = 2 }")
+        .replace("\"prod\"", &format!("\"{cluster}\""))
+        .replace("coder = {", "abcdefghij-abcdefghij-abcd = {");
+    check_err(
+        &src,
+        Format::Hcl,
+        "agent_types.abcdefghij-abcdefghij-abcd.priority_queues.abcdefg",
+        Some(13),
+        "longer than SQS's 80",
+    );
+    let err = hcl(&src).unwrap_err();
+    assert_eq!(err.errors.len(), 1, "the 80-character tier is fine: {err}");
+    assert_eq!(
+        tier_queue_name(
+            &task_queue_name(cluster, "abcdefghij-abcdefghij-abcd"),
+            "abcdef"
+        )
+        .len(),
+        80
+    );
+}
+
 #[test]
 fn terraform_types_describe_the_agent_object() {
     let ty = Kind::AgentTypes.terraform_type();
@@ -212,6 +308,10 @@ fn terraform_types_describe_the_agent_object() {
         "{ty}"
     );
     assert!(ty.contains("env_vars = optional(map(string), {})"), "{ty}");
+    assert!(
+        ty.contains("priority_queues = optional(map(number), {})"),
+        "{ty}"
+    );
 }
 
 proptest::proptest! {

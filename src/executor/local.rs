@@ -1243,6 +1243,7 @@ mod tests {
             command: command.map(String::from),
             args: vec![],
             max_attempts: None,
+            priority_queues: vec![],
         }
     }
 

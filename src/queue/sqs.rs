@@ -1,40 +1,56 @@
 //! [`SqsQueue`]: the cluster's [`TaskQueue`] on Amazon SQS (feature `aws`).
 //!
 //! Owns the SQS side of the cluster deployment: one standard queue per agent type
-//! (`<cluster_name>-<type>-tasks`, URLs resolved once by name with GetQueueUrl, or given), the
-//! dead-letter queue poison messages are moved to, and the queue half of `serve --bootstrap`
-//! ([`bootstrap_queues`]).
+//! (`<cluster_name>-<type>-tasks`, URLs resolved once by name with GetQueueUrl, or given), plus
+//! one per priority tier where the inputs configure tiers (`priority_queues`:
+//! `<cluster_name>-<type>-tasks-<tier>`, see [`tiers`]), the dead-letter queue poison messages
+//! are moved to, and the queue half of `serve --bootstrap` ([`bootstrap_queues`]).
 //!
 //! # Mapping of the trait
 //!
-//! - `send`: SendMessage with the body `{"task_id": "<id>"}`, the priority as the `priority`
-//!   message attribute (Number) and the delay as `DelaySeconds` (whole seconds, rounded up).
-//!   SQS delays at most 900 s: a longer delay is capped, the message arrives early and the
-//!   scheduler, which checks the task's `not_before`, nacks it for the rest of the wait.
-//! - `receive`: ReceiveMessage, at most 10 a call (looped for more) with a short
-//!   `WaitTimeSeconds` ([`SqsOptions::wait_time`], 0 by default, at most 20) because the
-//!   scheduler calls it from its loop; the explicit value overrides the queue's 20 s default.
-//!   The visibility timeout is rounded up to whole seconds. `receive_count` is
-//!   `ApproximateReceiveCount`.
-//! - `ack`: DeleteMessage; `ack_many`: DeleteMessageBatch; `nack`:
-//!   ChangeMessageVisibility (which also extends the visibility of a message being held). An unknown, malformed or expired receipt is not an error (the
-//!   message is simply delivered again: at-least-once).
-//! - `depth`: `ApproximateNumberOfMessages`, `…NotVisible`, `…Delayed`.
+//! - `send`: SendMessage to the task's queue (the tier with the highest minimum at or below
+//!   its priority, else the type's base queue) with the body `{"task_id": "<id>"}`, the
+//!   priority as the `priority` message attribute (Number) and the delay as `DelaySeconds`
+//!   (whole seconds, rounded up). SQS delays at most 900 s: a longer delay is capped, the
+//!   message arrives early and the scheduler, which checks the task's `not_before`, nacks it
+//!   for the rest of the wait.
+//! - `receive`: ReceiveMessage, at most 10 a call, looped for more: from the tiers highest
+//!   first, topping up from lower tiers and finally the base queue until `max`. Calls use a
+//!   short `WaitTimeSeconds` ([`SqsOptions::wait_time`], 0 by default, at most 20) because the
+//!   scheduler calls it from its loop; the explicit value overrides the queues' 20 s default.
+//!   At most one call of a receive waits, and only while nothing has been received: the first
+//!   one for a type without tiers; with tiers every queue is short-polled first (a long poll
+//!   on an empty top tier would hold back the lower tiers' visible messages for the whole
+//!   wait), and only when all were empty is the top tier long-polled, then the others topped
+//!   up again. The visibility timeout is rounded up to whole seconds. `receive_count` is
+//!   `ApproximateReceiveCount`. A message from a tier carries the receipt `<tier>~<handle>`,
+//!   so ack and nack find its queue; the base queue's receipts are SQS's handles unchanged.
+//! - `ack`: DeleteMessage; `ack_many`: DeleteMessageBatch per queue; `nack`:
+//!   ChangeMessageVisibility (which also extends the visibility of a message being held). An
+//!   unknown, malformed or expired receipt is not an error (the message is simply delivered
+//!   again: at-least-once).
+//! - `depth`: `ApproximateNumberOfMessages`, `…NotVisible`, `…Delayed`, summed over the
+//!   type's queues.
 //!
 //! # Differences from the embedded queue
 //!
-//! SQS standard queues have no priorities and no strict order: receive returns messages in
-//! roughly the order they were sent, whatever their priority (the conformance suite runs with
-//! `strict_order: false`). Sending a task id that is already waiting adds a second message
+//! SQS standard queues have no priorities and no strict order. With priority tiers, receive
+//! is strictly ordered across tiers (a tier's messages before any lower tier's) but only
+//! roughly FIFO inside one, where messages of different priorities also mix; give each
+//! priority that must come first a tier of its own. Without tiers, receive returns messages in
+//! roughly the order they were sent, whatever their priority. The conformance suite runs on
+//! SQS with `priority_order` (with a tier per priority it sends) and without
+//! `fifo_within_priority`. Sending a task id that is already waiting adds a second message
 //! (`dedup_waiting_sends: false`); consumers already treat duplicates as harmless. Times are
 //! whole seconds.
 //!
 //! # Poison messages
 //!
 //! A message whose body is not a task reference is copied to the dead-letter queue (with the
-//! reason and the source queue as message attributes), deleted from the task queue and logged;
-//! the receive goes on with the other messages. If the copy fails the message stays where it is
-//! and SQS's redrive policy moves it after `maxReceiveCount` receives.
+//! reason and the source queue as message attributes), deleted from the task or tier queue it
+//! was in and logged; the receive goes on with the other messages. If the copy fails the
+//! message stays where it is and SQS's redrive policy moves it after `maxReceiveCount`
+//! receives.
 //!
 //! # The result queue
 //!
@@ -43,6 +59,8 @@
 //! (without the `agent_type` attribute) for reports that cannot be recorded.
 //!
 //! Every SDK error that survives the SDK's retries is [`QueueError::Unavailable`].
+
+mod tiers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -62,6 +80,7 @@ use tracing::{debug, warn};
 use crate::aws::{describe, queue_settings, AwsNames};
 use crate::queue::{Depth, Message, QueueError, TaskQueue};
 use crate::results::{Delivery, ResultQueue};
+use tiers::{tag_receipt, QueueRef, TypeQueues};
 
 /// Most messages one ReceiveMessage returns.
 pub const MAX_RECEIVE_BATCH: usize = 10;
@@ -96,12 +115,13 @@ struct Body {
     task_id: String,
 }
 
-/// Task queues on SQS, one per agent type. Cheap to clone: clones share the URL cache.
+/// Task queues on SQS, one per agent type and priority tier. Cheap to clone: clones share the
+/// URL cache.
 #[derive(Clone)]
 pub struct SqsQueue {
     client: Client,
-    /// Agent type → queue name.
-    names: BTreeMap<String, String>,
+    /// Agent type → its queues' names.
+    names: BTreeMap<String, TypeQueues>,
     dlq_name: String,
     /// The result queue agents report to (`<cluster_name>-results`).
     results_name: String,
@@ -171,6 +191,18 @@ struct Poison<'a> {
     receipt: Option<&'a str>,
 }
 
+/// What one `receive` asks of each of its ReceiveMessage calls.
+#[derive(Clone, Copy)]
+struct ReceiveRequest<'a> {
+    agent_type: &'a str,
+    max: usize,
+    /// Whole seconds.
+    visibility: i32,
+}
+
+/// A type's queue with its URL, as a receive walks them.
+type ResolvedQueue<'a> = (QueueRef<'a>, String);
+
 impl SqsQueue {
     /// A queue over the module's names; URLs are resolved on first use.
     pub fn new(config: &SdkConfig, names: &AwsNames, options: SqsOptions) -> SqsQueue {
@@ -178,9 +210,21 @@ impl SqsQueue {
     }
 
     pub fn with_client(client: Client, names: &AwsNames, options: SqsOptions) -> SqsQueue {
+        let queues = names
+            .task_queues
+            .iter()
+            .map(|(agent_type, base)| {
+                let tiers = names
+                    .priority_queues
+                    .get(agent_type)
+                    .cloned()
+                    .unwrap_or_default();
+                (agent_type.clone(), TypeQueues::new(base.clone(), tiers))
+            })
+            .collect();
         SqsQueue {
             client,
-            names: names.task_queues.clone(),
+            names: queues,
             dlq_name: names.dlq.clone(),
             results_name: names.results.clone(),
             urls: Arc::new(Mutex::new(HashMap::new())),
@@ -195,13 +239,14 @@ impl SqsQueue {
         }
     }
 
-    /// Resolves every task queue, the DLQ and the result queue now, so a missing queue is
-    /// reported at start.
+    /// Resolves every task and tier queue, the DLQ and the result queue now, so a missing
+    /// queue is reported at start.
     pub async fn resolve_all(&self) -> Result<(), QueueError> {
         let names: Vec<String> = self
             .names
             .values()
-            .cloned()
+            .flat_map(|queues| queues.receive_order())
+            .map(|queue| queue.name.to_owned())
             .chain([self.dlq_name.clone(), self.results_name.clone()])
             .collect();
         for name in names {
@@ -244,15 +289,168 @@ impl SqsQueue {
         Ok(url)
     }
 
-    async fn queue_url(&self, agent_type: &str) -> Result<String, QueueError> {
-        let name = self
-            .names
+    fn queues_of(&self, agent_type: &str) -> Result<&TypeQueues, QueueError> {
+        self.names
             .get(agent_type)
             .ok_or_else(|| QueueError::UnknownQueue {
                 agent_type: agent_type.to_owned(),
-            })?
-            .clone();
-        self.url_of(&name).await
+            })
+    }
+
+    /// The URLs of an agent type's queues, in receive order.
+    async fn resolved<'q>(
+        &self,
+        queues: &'q TypeQueues,
+    ) -> Result<Vec<ResolvedQueue<'q>>, QueueError> {
+        let mut out = Vec::new();
+        for queue in queues.receive_order() {
+            out.push((queue, self.url_of(queue.name).await?));
+        }
+        Ok(out)
+    }
+
+    /// Takes messages from `queues` in order until `request.max`: each queue until it runs
+    /// dry, then the next. Only the pass's first call waits `first_wait`: later calls only top
+    /// up. A failure after messages were received ends the pass with them: they are already
+    /// hidden, so hand them out rather than leave them invisible for the whole visibility
+    /// timeout.
+    async fn receive_pass(
+        &self,
+        request: ReceiveRequest<'_>,
+        queues: &[ResolvedQueue<'_>],
+        first_wait: i32,
+        out: &mut Vec<Message>,
+    ) -> Result<(), QueueError> {
+        let mut wait = first_wait;
+        for (queue, url) in queues {
+            while out.len() < request.max {
+                let ran_dry = match self.receive_batch(request, *queue, url, wait, out).await {
+                    Ok(ran_dry) => ran_dry,
+                    Err(error) if !out.is_empty() => {
+                        warn!(agent_type = %request.agent_type, queue = %queue.name, %error, "ReceiveMessage failed after a partial receive");
+                        return Ok(());
+                    }
+                    Err(error) => return Err(unavailable(format!("ReceiveMessage: {error}"))),
+                };
+                wait = 0;
+                if ran_dry {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One ReceiveMessage on `queue`, for what `out` still lacks of `request.max`; the task
+    /// messages are appended to `out` (poison goes to the DLQ). Returns whether the queue ran
+    /// dry (fewer messages than asked for), or the error's text.
+    async fn receive_batch(
+        &self,
+        request: ReceiveRequest<'_>,
+        queue: QueueRef<'_>,
+        url: &str,
+        wait: i32,
+        out: &mut Vec<Message>,
+    ) -> Result<bool, String> {
+        let agent_type = request.agent_type;
+        let asked = (request.max - out.len()).min(MAX_RECEIVE_BATCH);
+        let answer = self
+            .client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(asked as i32)
+            .wait_time_seconds(wait)
+            .visibility_timeout(request.visibility)
+            .message_attribute_names(PRIORITY_ATTRIBUTE)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        let messages = answer.messages();
+        for m in messages {
+            let task_id = match parse_body(m.body()) {
+                Ok(id) => id,
+                Err(reason) => {
+                    self.dead_letter(agent_type, url, m, &reason).await;
+                    continue;
+                }
+            };
+            let Some(handle) = m.receipt_handle() else {
+                warn!(%agent_type, %task_id, "received a message without a receipt handle; skipping it");
+                continue;
+            };
+            let priority = m
+                .message_attributes()
+                .and_then(|a| a.get(PRIORITY_ATTRIBUTE))
+                .and_then(|v| v.string_value())
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0);
+            out.push(Message {
+                task_id,
+                receipt: tag_receipt(queue, handle),
+                priority,
+                receive_count: receive_count(m),
+            });
+        }
+        Ok(messages.len() < asked)
+    }
+
+    /// DeleteMessageBatch of `handles` on one queue, 10 a call. Handles SQS refuses as invalid
+    /// count as deleted, like [`TaskQueue::ack`].
+    async fn delete_batch(&self, url: &str, handles: &[&str]) -> Result<(), QueueError> {
+        for chunk in handles.chunks(MAX_RECEIVE_BATCH) {
+            let mut request = self.client.delete_message_batch().queue_url(url);
+            for (i, handle) in chunk.iter().enumerate() {
+                let entry = DeleteMessageBatchRequestEntry::builder()
+                    .id(format!("m{i}"))
+                    .receipt_handle(*handle)
+                    .build()
+                    .map_err(|e| unavailable(e.to_string()))?;
+                request = request.entries(entry);
+            }
+            let out = request
+                .send()
+                .await
+                .map_err(|e| unavailable(format!("DeleteMessageBatch: {}", describe(&e))))?;
+            for failed in out.failed() {
+                if failed.sender_fault() && is_receipt_error(Some(failed.code())) {
+                    continue;
+                }
+                return Err(unavailable(format!(
+                    "DeleteMessageBatch entry {}: {} {}",
+                    failed.id(),
+                    failed.code(),
+                    failed.message().unwrap_or("")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The approximate counts of one queue.
+    async fn queue_depth(&self, queue_name: &str) -> Result<Depth, QueueError> {
+        let url = self.url_of(queue_name).await?;
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| unavailable(format!("GetQueueAttributes: {}", describe(&e))))?;
+        let get = |name: QueueAttributeName| -> u64 {
+            out.attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Depth {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
     }
 
     /// The result queue's URL (what agents under Nomad get as `AO_RESULT_QUEUE_URL`).
@@ -358,7 +556,9 @@ impl TaskQueue for SqsQueue {
         priority: i64,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        let url = self.queue_url(agent_type).await?;
+        let url = self
+            .url_of(self.queues_of(agent_type)?.route(priority).name)
+            .await?;
         if delay > MAX_DELAY {
             debug!(%agent_type, %task_id, delay_ms = delay.as_millis() as u64, "delay longer than SQS's 900 s: capped (the scheduler re-checks not_before)");
         }
@@ -389,107 +589,55 @@ impl TaskQueue for SqsQueue {
         max: usize,
         visibility: Duration,
     ) -> Result<Vec<Message>, QueueError> {
-        let url = self.queue_url(agent_type).await?;
+        let queues = self.resolved(self.queues_of(agent_type)?).await?;
         if max == 0 {
             return Ok(Vec::new());
         }
-        let visibility = whole_seconds(visibility, MAX_VISIBILITY);
-        let mut wait = whole_seconds(self.options.wait_time, MAX_WAIT);
+        let request = ReceiveRequest {
+            agent_type,
+            max,
+            visibility: whole_seconds(visibility, MAX_VISIBILITY),
+        };
+        let wait = whole_seconds(self.options.wait_time, MAX_WAIT);
         let mut out = Vec::new();
-        while out.len() < max {
-            let asked = (max - out.len()).min(MAX_RECEIVE_BATCH);
-            let answer = self
-                .client
-                .receive_message()
-                .queue_url(&url)
-                .max_number_of_messages(asked as i32)
-                .wait_time_seconds(wait)
-                .visibility_timeout(visibility)
-                .message_attribute_names(PRIORITY_ATTRIBUTE)
-                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-                .send()
-                .await;
-            let answer = match answer {
-                Ok(a) => a,
-                // Messages received by earlier calls are already hidden: hand them out rather
-                // than leaving them invisible for the whole visibility timeout.
-                Err(e) if !out.is_empty() => {
-                    warn!(%agent_type, error = %describe(&e), "ReceiveMessage failed after a partial receive");
-                    break;
-                }
-                Err(e) => return Err(unavailable(format!("ReceiveMessage: {}", describe(&e)))),
-            };
-            // Later calls in this loop only top up: never wait again.
-            wait = 0;
-            let messages = answer.messages();
-            for m in messages {
-                let task_id = match parse_body(m.body()) {
-                    Ok(id) => id,
-                    Err(reason) => {
-                        self.dead_letter(agent_type, &url, m, &reason).await;
-                        continue;
-                    }
-                };
-                let Some(receipt) = m.receipt_handle() else {
-                    warn!(%agent_type, %task_id, "received a message without a receipt handle; skipping it");
-                    continue;
-                };
-                let priority = m
-                    .message_attributes()
-                    .and_then(|a| a.get(PRIORITY_ATTRIBUTE))
-                    .and_then(|v| v.string_value())
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .unwrap_or(0);
-                let receive_count = receive_count(m);
-                out.push(Message {
-                    task_id,
-                    receipt: receipt.to_owned(),
-                    priority,
-                    receive_count,
-                });
-            }
-            if messages.len() < asked {
-                break;
-            }
+        if queues.len() == 1 {
+            // No tiers: the first call may long-poll, as it always did.
+            self.receive_pass(request, &queues, wait, &mut out).await?;
+            return Ok(out);
+        }
+        // Tiers: a long poll on the top tier would hold back the visible messages of the
+        // lower ones for the whole wait. Short-poll them all first; wait only when all were
+        // empty (on the top tier, for the most urgent arrivals), then top up from the others.
+        self.receive_pass(request, &queues, 0, &mut out).await?;
+        if out.is_empty() && wait > 0 {
+            self.receive_pass(request, &queues, wait, &mut out).await?;
         }
         Ok(out)
     }
 
     async fn ack(&self, agent_type: &str, receipt: &str) -> Result<(), QueueError> {
-        let url = self.queue_url(agent_type).await?;
-        self.delete(&url, receipt).await
+        let (queue, handle) = self.queues_of(agent_type)?.for_receipt(receipt);
+        let url = self.url_of(queue.name).await?;
+        self.delete(&url, handle).await
     }
 
-    /// DeleteMessageBatch, 10 a call. Receipts SQS refuses as invalid count as deleted, like
-    /// [`TaskQueue::ack`].
+    /// DeleteMessageBatch per queue the receipts came from, 10 a call. Receipts SQS refuses
+    /// as invalid count as deleted, like [`TaskQueue::ack`].
     async fn ack_many(&self, agent_type: &str, receipts: &[String]) -> Result<(), QueueError> {
-        let url = self.queue_url(agent_type).await?;
-        let receipts: Vec<&String> = receipts.iter().filter(|r| !r.is_empty()).collect();
-        for chunk in receipts.chunks(MAX_RECEIVE_BATCH) {
-            let mut request = self.client.delete_message_batch().queue_url(&url);
-            for (i, receipt) in chunk.iter().enumerate() {
-                let entry = DeleteMessageBatchRequestEntry::builder()
-                    .id(format!("m{i}"))
-                    .receipt_handle(receipt.as_str())
-                    .build()
-                    .map_err(|e| unavailable(e.to_string()))?;
-                request = request.entries(entry);
+        let queues = self.queues_of(agent_type)?;
+        let mut by_queue: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for receipt in receipts {
+            let (queue, handle) = queues.for_receipt(receipt);
+            let handles = by_queue.entry(queue.name).or_default();
+            // Once each: moto refuses a batch that names one handle twice, and two receipts
+            // can share a handle (one tagged with a tier that is gone, one not).
+            if !handle.is_empty() && !handles.contains(&handle) {
+                handles.push(handle);
             }
-            let out = request
-                .send()
-                .await
-                .map_err(|e| unavailable(format!("DeleteMessageBatch: {}", describe(&e))))?;
-            for failed in out.failed() {
-                if failed.sender_fault() && is_receipt_error(Some(failed.code())) {
-                    continue;
-                }
-                return Err(unavailable(format!(
-                    "DeleteMessageBatch entry {}: {} {}",
-                    failed.id(),
-                    failed.code(),
-                    failed.message().unwrap_or("")
-                )));
-            }
+        }
+        for (queue_name, handles) in by_queue.into_iter().filter(|(_, h)| !h.is_empty()) {
+            let url = self.url_of(queue_name).await?;
+            self.delete_batch(&url, &handles).await?;
         }
         Ok(())
     }
@@ -500,15 +648,16 @@ impl TaskQueue for SqsQueue {
         receipt: &str,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        let url = self.queue_url(agent_type).await?;
-        if receipt.is_empty() {
+        let (queue, handle) = self.queues_of(agent_type)?.for_receipt(receipt);
+        let url = self.url_of(queue.name).await?;
+        if handle.is_empty() {
             return Ok(());
         }
         match self
             .client
             .change_message_visibility()
             .queue_url(url)
-            .receipt_handle(receipt)
+            .receipt_handle(handle)
             .visibility_timeout(whole_seconds(delay, MAX_VISIBILITY))
             .send()
             .await
@@ -525,29 +674,16 @@ impl TaskQueue for SqsQueue {
         }
     }
 
+    /// The sum over the type's queues (tiers and base), asked concurrently.
     async fn depth(&self, agent_type: &str) -> Result<Depth, QueueError> {
-        let url = self.queue_url(agent_type).await?;
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(|e| unavailable(format!("GetQueueAttributes: {}", describe(&e))))?;
-        let get = |name: QueueAttributeName| -> u64 {
-            out.attributes()
-                .and_then(|a| a.get(&name))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok(Depth {
-            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
-            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
-        })
+        let queues = self.queues_of(agent_type)?.receive_order();
+        let depths =
+            futures::future::try_join_all(queues.iter().map(|q| self.queue_depth(q.name))).await?;
+        Ok(depths.into_iter().fold(Depth::default(), |sum, d| Depth {
+            visible: sum.visible + d.visible,
+            in_flight: sum.in_flight + d.in_flight,
+            delayed: sum.delayed + d.delayed,
+        }))
     }
 }
 
@@ -653,8 +789,8 @@ async fn create_queue(
         .ok_or_else(|| format!("CreateQueue {name}: no URL in the answer"))
 }
 
-/// `serve --bootstrap`, queue half: the DLQ, every task queue (redriving to the DLQ after
-/// `maxReceiveCount` receives) and the result queue, with the module's settings.
+/// `serve --bootstrap`, queue half: the DLQ, every task and tier queue (redriving to the DLQ
+/// after `maxReceiveCount` receives) and the result queue, with the module's settings.
 pub async fn bootstrap_queues(client: &Client, names: &AwsNames) -> Result<(), String> {
     use queue_settings::*;
     let dlq_url = create_queue(
@@ -707,7 +843,7 @@ pub async fn bootstrap_queues(client: &Client, names: &AwsNames) -> Result<(), S
         }
         attributes
     };
-    for name in names.task_queues.values() {
+    for name in names.all_task_queues() {
         create_queue(client, name, &common(true)).await?;
     }
     create_queue(client, &names.results, &common(false)).await?;

@@ -309,6 +309,16 @@ fn agent_type_document(t: &AgentType) -> Value {
     if let Some(n) = t.max_attempts {
         doc.insert("max_attempts".into(), json!(n));
     }
+    // Left out when empty, like the unset optional fields: the rendered coordinator job of a
+    // type without tiers stays as it was.
+    if !t.priority_queues.is_empty() {
+        let tiers: Map<String, Value> = t
+            .priority_queues
+            .iter()
+            .map(|tier| (tier.name.clone(), json!(tier.min_priority)))
+            .collect();
+        doc.insert("priority_queues".into(), Value::Object(tiers));
+    }
     Value::Object(doc)
 }
 
@@ -328,7 +338,7 @@ mod tests {
             "alpha": {"image": "a<b>", "cpu_limit": 2000, "memory_limit": "2GB", "max_instances": 3,
                       "capabilities": ["x", "y"], "env_vars": {"B": "2", "A": "$${q} %{r}"},
                       "timeout": "90s", "priority": 70, "command": "run", "args": ["-v"],
-                      "max_attempts": 2}
+                      "max_attempts": 2, "priority_queues": {"urgent": 10, "low_1": -5}}
         }
     }"#;
 

@@ -41,6 +41,10 @@
 //! Receipts have the form `<seq>.<random hex>`; a receipt is valid until the message is
 //! received again. `ack`/`nack` with an unknown, malformed or superseded receipt do nothing
 //! and succeed (at-least-once: the message will simply be delivered again).
+//!
+//! Receive is strictly highest priority first, FIFO within a priority, so an agent type's
+//! `priority_queues` (SQS priority tiers, see `queue/sqs.rs`) mean nothing here and are
+//! ignored: one queue per agent type already orders every priority.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

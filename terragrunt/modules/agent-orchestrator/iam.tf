@@ -39,6 +39,7 @@ data "aws_iam_policy_document" "coordinator" {
     ]
     resources = concat(
       [for queue in aws_sqs_queue.task : queue.arn],
+      [for queue in aws_sqs_queue.priority : queue.arn],
       [aws_sqs_queue.results.arn, aws_sqs_queue.dlq.arn],
     )
   }

@@ -8,6 +8,16 @@ output "task_queue_arns" {
   value       = { for type, queue in aws_sqs_queue.task : type => queue.arn }
 }
 
+output "priority_queue_urls" {
+  description = "URL of the SQS queue of each priority tier, keyed \"<type>/<tier>\" (<cluster_name>-<type>-tasks-<tier>)."
+  value       = { for key, queue in aws_sqs_queue.priority : key => queue.url }
+}
+
+output "priority_queue_arns" {
+  description = "ARN of the SQS queue of each priority tier, keyed \"<type>/<tier>\"."
+  value       = { for key, queue in aws_sqs_queue.priority : key => queue.arn }
+}
+
 output "result_queue_url" {
   description = "URL of the SQS result queue (<cluster_name>-results)."
   value       = aws_sqs_queue.results.url

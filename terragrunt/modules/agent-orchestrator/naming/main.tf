@@ -5,9 +5,17 @@
 locals {
   agent_type_names = sort(keys(var.agent_types))
 
-  # SQS: one task queue per agent type, one dead-letter queue, one result queue.
-  task_queue_names  = { for name in local.agent_type_names : name => "${var.cluster_name}-${name}-tasks" }
-  dlq_name          = "${var.cluster_name}-tasks-dlq"
+  # SQS: one task queue per agent type (plus one per priority tier), one dead-letter queue, one
+  # result queue.
+  task_queue_names = { for name in local.agent_type_names : name => "${var.cluster_name}-${name}-tasks" }
+  dlq_name         = "${var.cluster_name}-tasks-dlq"
+  # Priority tiers, where an agent type configures them: one queue per tier, named after the
+  # type's task queue, keyed "<type>/<tier>".
+  priority_queue_names = merge([
+    for name in local.agent_type_names : {
+      for tier in keys(var.agent_types[name].priority_queues) : "${name}/${tier}" => "${local.task_queue_names[name]}-${tier}"
+    }
+  ]...)
   result_queue_name = "${var.cluster_name}-results"
 
   # DynamoDB: the task table (its layout is in ../dynamodb.tf).

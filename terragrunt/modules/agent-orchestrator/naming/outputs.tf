@@ -8,6 +8,16 @@ output "task_queue_names" {
   }
 }
 
+output "priority_queue_names" {
+  description = "SQS queue name per priority tier, keyed \"<type>/<tier>\": <cluster_name>-<type>-tasks-<tier>."
+  value       = local.priority_queue_names
+
+  precondition {
+    condition     = alltrue([for name in values(local.priority_queue_names) : length(name) <= 80])
+    error_message = "A priority tier's queue name (<cluster_name>-<type>-tasks-<tier>) is longer than SQS's 80 characters: shorten the tier, type or cluster name."
+  }
+}
+
 output "dlq_name" {
   description = "SQS dead-letter queue name: <cluster_name>-tasks-dlq."
   value       = local.dlq_name

@@ -168,17 +168,18 @@ variable "max_attempts" {
 variable "agent_types" {
   description = "Agent types: image, limits and concurrency of each."
   type = map(object({
-    image         = string
-    cpu_limit     = number
-    memory_limit  = string
-    max_instances = number
-    capabilities  = optional(list(string), [])
-    env_vars      = optional(map(string), {})
-    timeout       = optional(string)
-    priority      = optional(number, 50)
-    command       = optional(string)
-    args          = optional(list(string), [])
-    max_attempts  = optional(number)
+    image           = string
+    cpu_limit       = number
+    memory_limit    = string
+    max_instances   = number
+    capabilities    = optional(list(string), [])
+    env_vars        = optional(map(string), {})
+    timeout         = optional(string)
+    priority        = optional(number, 50)
+    command         = optional(string)
+    args            = optional(list(string), [])
+    max_attempts    = optional(number)
+    priority_queues = optional(map(number), {})
   }))
   nullable = false
 
@@ -240,5 +241,22 @@ variable "agent_types" {
   validation {
     condition     = alltrue([for t in values(var.agent_types) : t.max_attempts == null ? true : t.max_attempts >= 1 && t.max_attempts <= 100 && floor(t.max_attempts) == t.max_attempts])
     error_message = "Each agent type's max_attempts must be null or a whole number from 1 to 100."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for t in values(var.agent_types) : [for tier in keys(t.priority_queues) : can(regex("^[a-z0-9_-]{1,20}$", tier))]]))
+    error_message = "Each priority_queues tier name must be 1-20 lowercase letters, digits, '_' and '-' (it ends a queue name)."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for t in values(var.agent_types) : [for min in values(t.priority_queues) : min >= -1000 && min <= 1000 && floor(min) == min]]))
+    error_message = "Each priority_queues minimum must be a whole number from -1000 to 1000 (the task priority range)."
+  }
+
+  # Routing takes a task to the tier with the highest minimum at or below its priority: two
+  # tiers with one minimum would make that ambiguous.
+  validation {
+    condition     = alltrue([for t in values(var.agent_types) : length(distinct(values(t.priority_queues))) == length(t.priority_queues)])
+    error_message = "The priority_queues tiers of one agent type must not share a minimum."
   }
 }

@@ -24,7 +24,7 @@ variables {
   cluster_name                  = "dev"
   github_private_key_secret_arn = "arn:aws:secretsmanager:us-east-1:111122223333:secret:dev/agent-orchestrator/github-app-key"
   agent_types = {
-    coder    = { image = "ghcr.io/agent-orchestrator/coder-agent:0.1.0", cpu_limit = 2000, memory_limit = "4GB", max_instances = 5, timeout = "1h" }
+    coder    = { image = "ghcr.io/agent-orchestrator/coder-agent:0.1.0", cpu_limit = 2000, memory_limit = "4GB", max_instances = 5, timeout = "1h", priority_queues = { urgent = 10 } }
     tester   = { image = "ghcr.io/agent-orchestrator/tester-agent:0.1.0", cpu_limit = 1000, memory_limit = "2GB", max_instances = 3 }
     reviewer = { image = "ghcr.io/agent-orchestrator/reviewer-agent:0.1.0", cpu_limit = 500, memory_limit = "1GB", max_instances = 2, timeout = "20m" }
     docs     = { image = "ghcr.io/agent-orchestrator/docs-agent:0.1.0", cpu_limit = 500, memory_limit = "512MB", max_instances = 2, timeout = "15m" }
@@ -37,19 +37,23 @@ run "queues" {
     error_message = "One task queue per agent type, named <cluster_name>-<type>-tasks."
   }
   assert {
+    condition     = { for key, queue in aws_sqs_queue.priority : key => [queue.name, queue.tags.AgentType, queue.tags.PriorityTier] } == { "coder/urgent" = ["dev-coder-tasks-urgent", "coder", "urgent"] }
+    error_message = "One queue per priority tier, named <cluster_name>-<type>-tasks-<tier> and tagged with its type and tier."
+  }
+  assert {
     condition     = aws_sqs_queue.dlq.name == "dev-tasks-dlq" && aws_sqs_queue.results.name == "dev-results"
     error_message = "The DLQ is <cluster_name>-tasks-dlq, the result queue <cluster_name>-results."
   }
   assert {
-    condition     = alltrue([for queue in concat(values(aws_sqs_queue.task), [aws_sqs_queue.dlq, aws_sqs_queue.results]) : queue.sqs_managed_sse_enabled])
+    condition     = alltrue([for queue in concat(values(aws_sqs_queue.task), values(aws_sqs_queue.priority), [aws_sqs_queue.dlq, aws_sqs_queue.results]) : queue.sqs_managed_sse_enabled])
     error_message = "Every queue is encrypted with SQS-managed SSE."
   }
   assert {
-    condition     = alltrue([for queue in values(aws_sqs_queue.task) : jsondecode(queue.redrive_policy).deadLetterTargetArn == aws_sqs_queue.dlq.arn && jsondecode(queue.redrive_policy).maxReceiveCount >= 1])
-    error_message = "Every task queue redrives to the DLQ after maxReceiveCount receives."
+    condition     = alltrue([for queue in concat(values(aws_sqs_queue.task), values(aws_sqs_queue.priority)) : jsondecode(queue.redrive_policy).deadLetterTargetArn == aws_sqs_queue.dlq.arn && jsondecode(queue.redrive_policy).maxReceiveCount >= 1])
+    error_message = "Every task and tier queue redrives to the DLQ after maxReceiveCount receives."
   }
   assert {
-    condition     = toset([for policy in aws_sqs_queue_policy.tls_only : policy.queue_url]) == toset([for queue in concat(values(aws_sqs_queue.task), [aws_sqs_queue.dlq, aws_sqs_queue.results]) : queue.id])
+    condition     = toset([for policy in aws_sqs_queue_policy.tls_only : policy.queue_url]) == toset([for queue in concat(values(aws_sqs_queue.task), values(aws_sqs_queue.priority), [aws_sqs_queue.dlq, aws_sqs_queue.results]) : queue.id])
     error_message = "Every queue has the TLS-only queue policy."
   }
   assert {
@@ -84,7 +88,7 @@ run "task_table" {
 run "coordinator_policy" {
   assert {
     condition = toset(flatten([for s in data.aws_iam_policy_document.coordinator.statement : s.resources if anytrue([for a in s.actions : startswith(a, "sqs:")])])) == toset(concat(
-      [for queue in values(aws_sqs_queue.task) : queue.arn], [aws_sqs_queue.results.arn, aws_sqs_queue.dlq.arn]
+      [for queue in values(aws_sqs_queue.task) : queue.arn], [for queue in values(aws_sqs_queue.priority) : queue.arn], [aws_sqs_queue.results.arn, aws_sqs_queue.dlq.arn]
     ))
     error_message = "The coordinator's SQS permissions cover exactly this module's queues."
   }
@@ -146,6 +150,10 @@ run "outputs" {
   assert {
     condition     = output.task_queue_urls == { for type, queue in aws_sqs_queue.task : type => queue.url } && toset(keys(output.task_queue_urls)) == toset(keys(var.agent_types))
     error_message = "task_queue_urls maps each agent type to its queue URL."
+  }
+  assert {
+    condition     = output.priority_queue_urls == { "coder/urgent" = aws_sqs_queue.priority["coder/urgent"].url } && output.priority_queue_arns == { "coder/urgent" = aws_sqs_queue.priority["coder/urgent"].arn }
+    error_message = "priority_queue_urls and priority_queue_arns map each <type>/<tier> to its queue."
   }
   assert {
     condition     = output.result_queue_url == aws_sqs_queue.results.url && output.dlq_url == aws_sqs_queue.dlq.url && output.task_table_name == "dev-agent-tasks"

@@ -70,6 +70,10 @@ run "names_follow_the_design" {
     error_message = "One job per agent type."
   }
   assert {
+    condition     = length(output.priority_queue_names) == 0
+    error_message = "Without priority_queues an agent type has its task queue only."
+  }
+  assert {
     condition     = length(output.coordinator_role_name) <= 64 && length(output.agent_role_name) <= 64 && output.coordinator_role_name != output.agent_role_name
     error_message = "Role names must be distinct and fit IAM's 64 characters."
   }
@@ -89,6 +93,10 @@ run "optional_fields_take_the_schema_defaults" {
   assert {
     condition     = length(var.agent_types.tester.env_vars) == 0 && var.agent_types.tester.timeout == null && var.agent_types.tester.max_attempts == null && var.agent_types.tester.command == null
     error_message = "env_vars defaults to {}, timeout/max_attempts/command to null."
+  }
+  assert {
+    condition     = length(var.agent_types.tester.priority_queues) == 0
+    error_message = "priority_queues defaults to {}."
   }
   assert {
     condition     = var.environment == "dev" && var.datacenters == tolist(["dc1"]) && var.coordinator_memory_limit == "512MB" && var.agent_timeout == "30m" && var.max_attempts == 3
@@ -124,6 +132,60 @@ run "queue_names_longer_than_80_are_refused" {
   }
 
   expect_failures = [output.task_queue_names]
+}
+
+run "priority_tiers_get_a_queue_each" {
+  command = plan
+
+  variables {
+    agent_types = {
+      coder  = { image = "x", cpu_limit = 1, memory_limit = "10MB", max_instances = 1, priority_queues = { urgent = 10, "low_1" = -5, "b-0" = 0 } }
+      tester = { image = "y", cpu_limit = 1, memory_limit = "10MB", max_instances = 1 }
+    }
+  }
+
+  assert {
+    condition = output.priority_queue_names == {
+      "coder/urgent" = "dev-coder-tasks-urgent"
+      "coder/low_1"  = "dev-coder-tasks-low_1"
+      "coder/b-0"    = "dev-coder-tasks-b-0"
+    }
+    error_message = "Each tier's queue is <cluster_name>-<type>-tasks-<tier>, keyed <type>/<tier>."
+  }
+  assert {
+    condition     = output.task_queue_names == { coder = "dev-coder-tasks", tester = "dev-tester-tasks" }
+    error_message = "A type with tiers keeps its task queue (the tasks below every tier)."
+  }
+}
+
+run "the_longest_tier_queue_name_is_accepted" {
+  command = plan
+
+  variables {
+    # 40 + 1 + 26 + 6 ("-tasks") + 1 + 6 = 80 characters.
+    cluster_name = "abcdefghij-abcdefghij-abcdefghij-abcdefg"
+    agent_types = {
+      "abcdefghij-abcdefghij-abcd" = { image = "x", cpu_limit = 1, memory_limit = "10MB", max_instances = 1, priority_queues = { abcdef = 1 } }
+    }
+  }
+
+  assert {
+    condition     = length(output.priority_queue_names["abcdefghij-abcdefghij-abcd/abcdef"]) == 80
+    error_message = "Tier queue name length is the task queue's + 1 + the tier's."
+  }
+}
+
+run "tier_queue_names_longer_than_80_are_refused" {
+  command = plan
+
+  variables {
+    cluster_name = "abcdefghij-abcdefghij-abcdefghij-abcdefg"
+    agent_types = {
+      "abcdefghij-abcdefghij-abcd" = { image = "x", cpu_limit = 1, memory_limit = "10MB", max_instances = 1, priority_queues = { abcdefg = 1 } }
+    }
+  }
+
+  expect_failures = [output.priority_queue_names]
 }
 
 run "accepted_values" {
@@ -405,6 +467,46 @@ run "agent_max_attempts_zero" {
   command = plan
   variables {
     agent_types = { coder = { image = "x", cpu_limit = 1, memory_limit = "10MB", max_instances = 1, max_attempts = 0 } }
+  }
+  expect_failures = [var.agent_types]
+}
+
+run "priority_tier_name_uppercase" {
+  command = plan
+  variables {
+    agent_types = { coder = { image = "x", cpu_limit = 1, memory_limit = "10MB", max_instances = 1, priority_queues = { Urgent = 10 } } }
+  }
+  expect_failures = [var.agent_types]
+}
+
+run "priority_tier_name_too_long" {
+  command = plan
+  variables {
+    agent_types = { coder = { image = "x", cpu_limit = 1, memory_limit = "10MB", max_instances = 1, priority_queues = { abcdefghijabcdefghijk = 10 } } }
+  }
+  expect_failures = [var.agent_types]
+}
+
+run "priority_tier_minimum_fraction" {
+  command = plan
+  variables {
+    agent_types = { coder = { image = "x", cpu_limit = 1, memory_limit = "10MB", max_instances = 1, priority_queues = { urgent = 2.5 } } }
+  }
+  expect_failures = [var.agent_types]
+}
+
+run "priority_tier_minimum_above_1000" {
+  command = plan
+  variables {
+    agent_types = { coder = { image = "x", cpu_limit = 1, memory_limit = "10MB", max_instances = 1, priority_queues = { urgent = 1001 } } }
+  }
+  expect_failures = [var.agent_types]
+}
+
+run "priority_tiers_sharing_a_minimum" {
+  command = plan
+  variables {
+    agent_types = { coder = { image = "x", cpu_limit = 1, memory_limit = "10MB", max_instances = 1, priority_queues = { urgent = 10, high = 10 } } }
   }
   expect_failures = [var.agent_types]
 }
