@@ -46,7 +46,8 @@
 //! slot is refilled in a fraction of a millisecond rather than the several it takes to spawn a
 //! supervisor. A primed supervisor never starts anything on its own: when the pipe closes
 //! first ([`Executor::discard`], or the coordinator is gone) it exits without writing `started`,
-//! so the attempt reads as never begun, as before it was primed.
+//! so the attempt reads as never begun, as before it was primed (and [`retention`] removes its
+//! directory once the task store says that attempt will never run).
 //!
 //! Stopping: [`LocalExecutor::stop`] writes `stop-reason` (`cancel` / `timeout`) and sends
 //! SIGTERM to the supervisor (after checking `/proc/<pid>/cmdline` names this run dir, so a

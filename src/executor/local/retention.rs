@@ -6,11 +6,13 @@
 //! 1. the path has the shape the executor creates: `<task_id>` a valid task id and `<attempt>` a
 //!    positive number in canonical form, both real directories (a symlink is never followed nor
 //!    removed). Anything else in the runs root is logged and left alone;
-//! 2. the attempt is finished: `exit.json` is present and the attempt's `lock` is free. The pass
-//!    holds that lock exclusively while it removes the directory, so no supervisor is alive and
-//!    none can be started meanwhile;
-//! 3. it finished more than the retention ago: `exit.json`'s `finished_at`, or the file's
-//!    modification time when its content cannot be read;
+//! 2. the attempt is over: finished (`exit.json` is present) or never begun (neither `exit.json`
+//!    nor `started`: a supervisor primed for it stood down, see [`super`]), and the attempt's
+//!    `lock` is free. The pass holds that lock exclusively while it removes the directory, so
+//!    no supervisor is alive and none can be started meanwhile;
+//! 3. it ended more than the retention ago: `exit.json`'s `finished_at`, or the file's
+//!    modification time when its content cannot be read; for one never begun, when its
+//!    `task.json` (else the directory) was last written;
 //! 4. the task store says the attempt is over for good (`attempt_settled`): the task is
 //!    terminal, or it has moved on to a later attempt, or it is queued again after this one.
 //!
@@ -50,7 +52,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use super::{read_optional, try_flock, validate_task_id, ExitRecord, EXIT_FILE, LOCK_FILE};
+use super::{
+    read_optional, try_flock, validate_task_id, ExitRecord, EXIT_FILE, LOCK_FILE, STARTED_FILE,
+    TASK_FILE,
+};
 use crate::config::units;
 use crate::store::TaskStore;
 use crate::task::{now_ms, Millis, Status, Task};
@@ -309,7 +314,7 @@ fn scan_task(task_dir: &Path, task_id: &str, cutoff: Millis, out: &mut Vec<Candi
             unexpected(&dir, "not a directory");
             continue;
         }
-        match finished_at(&dir) {
+        match ended_at(&dir) {
             Ok(Some(at)) if at < cutoff => out.push(Candidate {
                 task_id: task_id.to_string(),
                 attempt,
@@ -342,21 +347,41 @@ fn attempt_number(name: &OsStr) -> Option<u32> {
     (attempt > 0 && attempt.to_string() == name).then_some(attempt)
 }
 
-/// When the attempt in `dir` finished; `None` while `exit.json` is absent (not finished).
-fn finished_at(dir: &Path) -> io::Result<Option<Millis>> {
+/// When the attempt in `dir` ended: when it finished, or when it was last prepared if it never
+/// began; `None` while it may be running (begun, not finished).
+fn ended_at(dir: &Path) -> io::Result<Option<Millis>> {
     let path = dir.join(EXIT_FILE);
     let Some(bytes) = read_optional(&path)? else {
+        if never_begun(dir)? {
+            return match modified_ms(&dir.join(TASK_FILE)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => modified_ms(dir).map(Some),
+                other => other.map(Some),
+            };
+        }
         return Ok(None);
     };
     if let Ok(record) = serde_json::from_slice::<ExitRecord>(&bytes) {
         return Ok(Some(record.finished_at));
     }
-    let modified = fs::symlink_metadata(&path)?.modified()?;
-    let millis = modified
+    modified_ms(&path).map(Some)
+}
+
+/// Neither finished nor begun: no `exit.json`, no `started`.
+fn never_begun(dir: &Path) -> io::Result<bool> {
+    let absent = |name: &str| match fs::symlink_metadata(dir.join(name)) {
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    };
+    Ok(absent(EXIT_FILE)? && absent(STARTED_FILE)?)
+}
+
+fn modified_ms(path: &Path) -> io::Result<Millis> {
+    let modified = fs::symlink_metadata(path)?.modified()?;
+    Ok(modified
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0);
-    Ok(Some(millis))
+        .unwrap_or(0))
 }
 
 /// Removes the attempt directory of `candidate` and, if that leaves it empty, its task
@@ -372,7 +397,7 @@ fn remove_attempt(root: &Path, candidate: &Candidate) -> io::Result<Option<u64>>
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    if read_optional(&dir.join(EXIT_FILE))?.is_none() {
+    if read_optional(&dir.join(EXIT_FILE))?.is_none() && !never_begun(dir)? {
         return Ok(None);
     }
     let trash = root.join(TRASH_DIR);
@@ -540,6 +565,44 @@ mod tests {
         assert!(!root.path().join(&done.id).exists(), "empty task dir left");
         assert!(!root.path().join(TRASH_DIR).exists());
         assert!(root.path().exists(), "the runs root stays");
+    }
+
+    /// What a primed supervisor that stood down leaves: `task.json`, its lock, its log; no
+    /// `started`, no `exit.json`.
+    fn primed_dir(root: &Path, task_id: &str, attempt: u32, written_at: Millis) -> PathBuf {
+        let dir = root.join(task_id).join(attempt.to_string());
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(LOCK_FILE), "").unwrap();
+        fs::write(dir.join(TASK_FILE), "{}").unwrap();
+        let at = UNIX_EPOCH + Duration::from_millis(written_at as u64);
+        File::options()
+            .write(true)
+            .open(dir.join(TASK_FILE))
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn an_old_attempt_that_never_began_goes_once_its_task_is_over() {
+        let root = tempfile::tempdir().unwrap();
+        // Cancelled while read ahead: its next attempt was primed, never claimed.
+        let cancelled = task(Status::Cancelled, 0);
+        let old = primed_dir(root.path(), &cancelled.id, 1, NOW - 8 * DAY);
+        // Queued: the primed attempt may still be claimed and started in that directory.
+        let queued = task(Status::Queued, 0);
+        let waiting = primed_dir(root.path(), &queued.id, 1, NOW - 8 * DAY);
+        // Over, but primed too recently.
+        let recent_task = task(Status::Cancelled, 0);
+        let recent = primed_dir(root.path(), &recent_task.id, 1, NOW - DAY);
+        let store = store_with(&[&cancelled, &queued, &recent_task]).await;
+
+        let report = prune(root.path(), &store).await;
+        assert_eq!(report.removed, 1, "{report:?}");
+        assert!(!old.exists());
+        assert!(waiting.join(TASK_FILE).exists());
+        assert!(recent.join(TASK_FILE).exists());
     }
 
     #[tokio::test]
