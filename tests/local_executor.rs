@@ -982,3 +982,26 @@ async fn primed_supervisors_stand_down_when_their_coordinator_goes() {
         RunState::NotFound
     ));
 }
+
+#[tokio::test]
+async fn stopping_a_primed_attempt_records_the_stop_and_starts_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let count = root.path().join("count");
+    let (exec, _rx) = executor(root.path());
+    let agent = sh(
+        "echo run >> \"$COUNT_FILE\"",
+        &[("COUNT_FILE", count.to_str().unwrap())],
+    );
+    let t = task("shell", serde_json::json!(1));
+    exec.prepare(&t, &agent);
+    supervisor_pid(&exec.run_dir(&t)).await;
+    within(10, "stop", exec.stop(&t, StopReason::Cancel))
+        .await
+        .unwrap();
+    assert!(matches!(
+        finished(&exec, &t).await,
+        Outcome::Cancelled { .. }
+    ));
+    assert!(!exec.run_dir(&t).join("started").exists());
+    assert_eq!(lines(&count), 0, "the agent never started");
+}

@@ -349,3 +349,106 @@ async fn a_crash_with_tasks_claimed_ahead_never_exceeds_the_limit() {
     }
     next.drain().await;
 }
+
+/// A claim that waited past its own timeout before a coordinator restart still runs, with the
+/// clock started when it is handed to the executor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_claim_whose_timeout_passed_while_waiting_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = inputs(dir.path(), 1, "2s", "sleep 1");
+    let settings = || Settings {
+        visibility: Duration::from_secs(2),
+        ..Settings::default()
+    };
+    let crashed = Scheduler::with_settings(dir.path(), &inputs, settings());
+    let ids = crashed.submit(2).await;
+    let (_, ahead) = crashed.one_running_one_claimed_ahead(&ids).await;
+    crashed.run.abort();
+    let _ = crashed.run.await;
+    drop(crashed.ctx);
+    // Down long enough for the running one to end and the claim's own deadline to pass.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let next = Scheduler::with_settings(dir.path(), &inputs, settings());
+    let statuses = next.wait_terminal(&ids, Duration::from_secs(30)).await;
+    assert_eq!(statuses, vec![Status::Succeeded; 2]);
+    assert_eq!(starts(dir.path(), &ahead), 1);
+    next.drain().await;
+}
+
+/// Reports an attempt `Pending` for its first `delay` after the dispatch (an executor that
+/// places work slowly, like Nomad), and delegates.
+struct SlowStart<E> {
+    inner: E,
+    delay: Duration,
+    dispatched: std::sync::Mutex<std::collections::HashMap<(String, u32), std::time::Instant>>,
+}
+
+#[async_trait::async_trait]
+impl<E: Executor> Executor for SlowStart<E> {
+    async fn dispatch(&self, task: &Task, agent: &AgentType) -> Result<String, ExecError> {
+        let key = (task.id.clone(), task.attempt);
+        let now = std::time::Instant::now();
+        self.dispatched.lock().unwrap().entry(key).or_insert(now);
+        self.inner.dispatch(task, agent).await
+    }
+    async fn status(&self, task: &Task) -> Result<RunState, ExecError> {
+        let key = (task.id.clone(), task.attempt);
+        let since = self.dispatched.lock().unwrap().get(&key).copied();
+        if since.is_some_and(|at| at.elapsed() < self.delay) {
+            return Ok(RunState::Pending);
+        }
+        self.inner.status(task).await
+    }
+    async fn stop(&self, task: &Task, reason: StopReason) -> Result<(), ExecError> {
+        self.inner.stop(task, reason).await
+    }
+    fn prepare(&self, task: &Task, agent: &AgentType) {
+        self.inner.prepare(task, agent)
+    }
+    fn discard(&self, task_id: &str) {
+        self.inner.discard(task_id)
+    }
+}
+
+/// A task claimed ahead waits for its slot longer than the pending limit; once started, it
+/// reads `pending` for a while. Resyncs every 100 ms read it from the store meanwhile, at the
+/// same version as the ledger's copy: they must not bring back its claim-time clock, or it is
+/// taken for an attempt never placed (lost, and run again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resyncs_keep_the_clock_of_tasks_started_after_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = inputs(dir.path(), 1, "1m", "sleep 1.2");
+    let backend = Arc::new(SqliteBackend::open(&dir.path().join("db.sqlite")).unwrap());
+    let (notifier, changes) = tokio::sync::mpsc::unbounded_channel();
+    let mut local = LocalExecutorConfig::new(dir.path().join("runs"));
+    local.supervisor_exe = BIN.into();
+    let executor = Arc::new(SlowStart {
+        inner: LocalExecutor::new(local, notifier).unwrap(),
+        delay: Duration::from_millis(500),
+        dispatched: Default::default(),
+    });
+    let settings = Settings {
+        resync_interval: Duration::from_millis(100),
+        pending_limit: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let ctx = Context::new(
+        backend.clone(),
+        backend,
+        executor,
+        Arc::new(inputs),
+        settings,
+    );
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(scheduler::run(ctx.clone(), changes, shutdown_rx));
+    let scheduler = Scheduler { ctx, shutdown, run };
+    let ids = scheduler.submit(3).await;
+    let statuses = scheduler.wait_terminal(&ids, Duration::from_secs(40)).await;
+    assert_eq!(statuses, vec![Status::Succeeded; 3]);
+    for id in &ids {
+        assert_eq!(scheduler.task(id).await.attempt, 1, "{id}: one attempt");
+        assert_eq!(starts(dir.path(), id), 1, "{id} ran once");
+    }
+    scheduler.drain().await;
+}

@@ -39,12 +39,13 @@
 //! never "both a retry and the old one running".
 //!
 //! Primed supervisors: [`Executor::prepare`] (the scheduler calls it for tasks it read ahead,
-//! before claiming them) does the dispatch's work up to the spawn, with `supervise --await-go`:
+//! before claiming them, and for claimed ones waiting for a slot) does the dispatch's work up to the spawn, with `supervise --await-go`:
 //! the supervisor takes the lock as usual and then waits for one line on its stdin, a pipe the
 //! executor keeps. The dispatch of that attempt writes `go <deadline_ms>` (the attempt's clock
 //! starts at its dispatch, not when it was primed) instead of starting a process, so a freed
 //! slot is refilled in a fraction of a millisecond rather than the several it takes to spawn a
-//! supervisor. A primed supervisor never starts anything on its own: when the pipe closes
+//! supervisor. A stop meanwhile is honoured as usual (the attempt is recorded as stopped and
+//! never starts). A primed supervisor never starts anything on its own: when the pipe closes
 //! first ([`Executor::discard`], or the coordinator is gone) it exits without writing `started`,
 //! so the attempt reads as never begun, as before it was primed (and [`retention`] removes its
 //! directory once the task store says that attempt will never run).
@@ -151,7 +152,8 @@ const MAX_BUILTIN_RECORDS: usize = 100_000;
 const MAX_RESULT_BYTES: u64 = 4 << 20;
 
 /// How long `dispatch` waits for an attempt's lock held by something that is not (yet) a
-/// supervisor: another dispatch between locking and spawning, or a status probe.
+/// supervisor that began the agent: another dispatch between locking and spawning, a status
+/// probe, a supervisor about to write `started`, or a primed one standing down.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 // The run directory's files, shared with the supervisor.
@@ -433,6 +435,24 @@ fn is_supervisor_of(pid: libc::pid_t, _dir: &Path) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
+/// Whether supervisor `pid` is primed (`--await-go` among its own flags, before `--`): it starts
+/// only on its own coordinator's go.
+#[cfg(target_os = "linux")]
+fn is_primed(pid: libc::pid_t) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    cmdline
+        .split(|b| *b == 0)
+        .take_while(|arg| *arg != b"--")
+        .any(|arg| arg == b"--await-go")
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_primed(_pid: libc::pid_t) -> bool {
+    false
+}
+
 /// Kills every process still carrying this attempt's `AO_RESULT_FILE` in its environment: the
 /// agent's descendants that outlived a killed supervisor (the agent itself dies with it through
 /// `PR_SET_PDEATHSIG`). Best effort; Linux only.
@@ -593,8 +613,17 @@ fn start_attempt(launch: &Launch) -> Result<Option<tokio::process::Child>, ExecE
             return Ok(None);
         }
         // A supervisor that has not begun the agent yet is about to, or is a primed one standing
-        // down (its lock is free a moment later): wait for either before adopting it.
-        if live_supervisor(dir).is_some() && waited.elapsed() > LOCK_WAIT {
+        // down (its lock is free a moment later): wait for either before adopting it. One still
+        // primed after that waits for another dispatch's go (another coordinator on this runs
+        // root): not ours to adopt, since it would never start.
+        if let Some(pid) = live_supervisor(dir).filter(|_| waited.elapsed() > LOCK_WAIT) {
+            if is_primed(pid) {
+                return Err(unavailable(
+                    "the attempt is held by a supervisor primed for another dispatch",
+                    dir,
+                    "try again later",
+                ));
+            }
             return Ok(None);
         }
         if waited.elapsed() > LOCK_WAIT {

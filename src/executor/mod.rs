@@ -85,6 +85,7 @@ pub trait Executor: Send + Sync + 'static {
     /// a dispatch that comes while it runs waits for it. Does nothing by default.
     fn prepare(&self, _task: &Task, _agent: &AgentType) {}
 
-    /// Drops what [`Executor::prepare`] made ready for `task_id` (its claim went elsewhere).
+    /// Drops what [`Executor::prepare`] made ready for `task_id` (it will not be dispatched by
+    /// this coordinator now: claimed elsewhere, cancelled, handed back).
     fn discard(&self, _task_id: &str) {}
 }

@@ -9,7 +9,8 @@
 //! on entry and taken synchronously with `sigtimedwait`, so none is lost between checks.
 //!
 //! Exit status: 0 when an outcome was recorded (whatever it is), 1 when the supervisor could
-//! not do its job (nothing recorded: the coordinator reads the attempt as never begun or lost).
+//! not do its job (nothing recorded: the coordinator reads the attempt as never begun or lost),
+//! [`STOOD_DOWN`] when a primed supervisor (`--await-go`) was let go without a go.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -115,18 +116,45 @@ fn supervise(args: &SuperviseArgs, signals: &SignalSet) -> io::Result<Supervised
 }
 
 /// Waits for the coordinator's go on stdin: the deadline to run under, or `None` when the input
-/// ended without one.
+/// ended without one. A stop signal meanwhile (the executor's `stop`) counts as a go and is left
+/// pending, so [`run_attempt`] records the stop without starting the agent.
 fn await_go(default_deadline: Option<Millis>) -> io::Result<Option<Option<Millis>>> {
     use std::io::BufRead;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    if line.is_empty() {
-        return Ok(None);
+    let stops = SignalSet::of(&[libc::SIGTERM, libc::SIGINT]);
+    loop {
+        let mut stdin = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut stdin, 1, GO_POLL_MS) };
+        if ready > 0 {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            if line.is_empty() {
+                return Ok(None);
+            }
+            return parse_go(&line, default_deadline)
+                .map(Some)
+                .map_err(io::Error::other);
+        }
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+        if let Some(sig) = stops.wait(Duration::ZERO) {
+            // SAFETY: raising a signal we block only makes it pending again.
+            unsafe { libc::raise(sig) };
+            return Ok(Some(default_deadline));
+        }
     }
-    parse_go(&line, default_deadline)
-        .map(Some)
-        .map_err(io::Error::other)
 }
+
+/// How often a primed supervisor looks for a stop signal while it waits for its go.
+const GO_POLL_MS: libc::c_int = 100;
 
 /// Parses a go line: `go` (keep `default_deadline`) or `go <deadline_ms>`.
 fn parse_go(line: &str, default_deadline: Option<Millis>) -> Result<Option<Millis>, String> {

@@ -390,7 +390,9 @@ impl AgentLoop {
                 self.ended.clear();
                 self.claiming.clear();
                 // Claimed ahead: in the store as dispatched, adopted by the new leader.
-                self.staged.clear();
+                for staged in self.staged.drain(..) {
+                    self.ctx.executor.discard(&staged.task.id);
+                }
                 self.staging.clear();
                 self.release_later();
                 self.recording.clear();
@@ -631,6 +633,14 @@ impl AgentLoop {
                         }
                         _ => {}
                     }
+                    // At the same version the ledger's copy is the newer: it may carry what
+                    // only the attempt's next write stores (a start's clock, a handle).
+                    let looked = match (looked, self.active.get(&id)) {
+                        (Ok(Some((task, state))), Some(known)) if known.version == task.version => {
+                            Ok(Some((known.clone(), state)))
+                        }
+                        (looked, _) => looked,
+                    };
                     if let Ok(Some((_, RunState::Finished(_)))) = &looked {
                         self.ended.insert(id.clone());
                     }
@@ -915,9 +925,10 @@ impl AgentLoop {
         // A second message for a task already taken is looked at again later (it is a
         // leftover once the task is claimed).
         let mut duplicates = Vec::new();
-        let taken_ids = self.taken_ids();
+        let mut taken_ids = self.taken_ids();
         self.ready.retain_mut(|ready| {
-            let taken = taken_ids.contains(&ready.task.id);
+            // Taken already, or a second message for a task read ahead twice.
+            let taken = !taken_ids.insert(ready.task.id.clone());
             if taken {
                 duplicates.push(std::mem::take(&mut ready.message.receipt));
             }
@@ -1002,11 +1013,7 @@ impl AgentLoop {
         let Staged {
             mut task, receipt, ..
         } = staged;
-        let wall = now_ms();
-        task.deadline_at = Some(wall + task.timeout_ms as Millis);
-        if let Some(record) = task.current_attempt_mut() {
-            record.dispatched_at = wall;
-        }
+        start_clock(&mut task);
         let id = task.id.clone();
         self.claiming.insert(id.clone());
         let (ctx, agent) = (self.ctx.clone(), self.agent.clone());
@@ -1093,6 +1100,7 @@ impl AgentLoop {
         };
         if self.following {
             // The new leader adopts it from the store (its message is a leftover then).
+            self.ctx.executor.discard(&id);
             return;
         }
         let staged = Staged {
@@ -1110,7 +1118,8 @@ impl AgentLoop {
 
     /// Takes a task claimed ahead into the ledger to be looked at from the store (it changed
     /// behind the loop's back: a cancel). It holds a slot until settled; a look that finds it
-    /// still to be started puts it back ([`AgentLoop::settle`]).
+    /// still to be started starts it, or puts it back when no slot is free
+    /// ([`AgentLoop::settle`]).
     fn unstage(&mut self, staged: Staged) {
         let Staged { task, receipt, .. } = staged;
         let id = task.id.clone();
@@ -1270,7 +1279,9 @@ impl AgentLoop {
     }
 
     /// Hands a claimed attempt found never started to the executor (recovery).
-    async fn start(&mut self, task: Task) {
+    async fn start(&mut self, mut task: Task) {
+        start_clock(&mut task);
+        self.active.insert(task.id.clone(), task.clone());
         let began = Instant::now();
         match self.ctx.executor.dispatch(&task, &self.agent).await {
             Ok(handle) => {
@@ -1874,6 +1885,17 @@ async fn claim_and_dispatch(
         task: Box::new(claimed),
         started,
         took: began.elapsed(),
+    }
+}
+
+/// Starts the clock of a claimed attempt as it is handed to the executor (it may have waited
+/// for a slot since its claim): its deadline and dispatch time count from now. The ledger copy
+/// carries them until the attempt's next write stores them.
+fn start_clock(task: &mut Task) {
+    let wall = now_ms();
+    task.deadline_at = Some(wall + task.timeout_ms as Millis);
+    if let Some(record) = task.current_attempt_mut() {
+        record.dispatched_at = wall;
     }
 }
 

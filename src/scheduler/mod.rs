@@ -19,8 +19,9 @@
 //! but holds no slot and has not started: `max_instances` bounds what runs, and the status
 //! page's running count leaves them out. Its attempt's clock starts when it is handed to the
 //! executor (`deadline_at` and `dispatched_at` are moved there and stored with the attempt's
-//! next write). A cancel, seen at once through the intake or at the next resync, settles it
-//! before it starts. On shutdown they are given back (queued, their attempt number returned,
+//! next write). A cancel through this coordinator settles it before it starts; one through
+//! another coordinator is seen at the next resync, or by the attempt's first write if a slot
+//! started it first (then it is stopped like any running attempt). On shutdown they are given back (queued, their attempt number returned,
 //! their message visible again); a coordinator that dies leaves them `dispatched`, and the
 //! next one starts them as slots free up, like any claimed attempt that never started.
 
