@@ -822,6 +822,16 @@ async fn futures_join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F:
         .collect()
 }
 
+/// An agent that appends a line to the returned file each time it runs.
+fn counting_agent(root: &Path) -> (AgentType, PathBuf) {
+    let count = root.join("count");
+    let agent = sh(
+        "echo run >> \"$COUNT_FILE\"",
+        &[("COUNT_FILE", count.to_str().unwrap())],
+    );
+    (agent, count)
+}
+
 /// The pid in an attempt's `supervisor.pid` (written atomically, so complete once present).
 async fn supervisor_pid(run_dir: &Path) -> i32 {
     let path = run_dir.join("supervisor.pid");
@@ -880,12 +890,8 @@ async fn a_prepared_attempt_is_started_by_its_primed_supervisor() {
 #[tokio::test]
 async fn a_dispatch_right_after_prepare_waits_for_the_primed_supervisor_and_runs_once() {
     let root = tempfile::tempdir().unwrap();
-    let count = root.path().join("count");
     let (exec, _rx) = executor(root.path());
-    let agent = sh(
-        "echo run >> \"$COUNT_FILE\"",
-        &[("COUNT_FILE", count.to_str().unwrap())],
-    );
+    let (agent, count) = counting_agent(root.path());
     let tasks: Vec<Task> = (0..8)
         .map(|i| task("shell", serde_json::json!(i)))
         .collect();
@@ -933,12 +939,8 @@ async fn a_prepared_attempts_deadline_counts_from_its_dispatch() {
 #[tokio::test]
 async fn a_discarded_primed_supervisor_stands_down_and_the_attempt_can_still_run() {
     let root = tempfile::tempdir().unwrap();
-    let count = root.path().join("count");
     let (exec, _rx) = executor(root.path());
-    let agent = sh(
-        "echo run >> \"$COUNT_FILE\"",
-        &[("COUNT_FILE", count.to_str().unwrap())],
-    );
+    let (agent, count) = counting_agent(root.path());
     let t = task("shell", serde_json::json!(1));
     exec.prepare(&t, &agent);
     let dir = exec.run_dir(&t);
@@ -986,12 +988,8 @@ async fn primed_supervisors_stand_down_when_their_coordinator_goes() {
 #[tokio::test]
 async fn stopping_a_primed_attempt_records_the_stop_and_starts_nothing() {
     let root = tempfile::tempdir().unwrap();
-    let count = root.path().join("count");
     let (exec, _rx) = executor(root.path());
-    let agent = sh(
-        "echo run >> \"$COUNT_FILE\"",
-        &[("COUNT_FILE", count.to_str().unwrap())],
-    );
+    let (agent, count) = counting_agent(root.path());
     let t = task("shell", serde_json::json!(1));
     exec.prepare(&t, &agent);
     supervisor_pid(&exec.run_dir(&t)).await;
