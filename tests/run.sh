@@ -67,4 +67,9 @@ echo "moto server on $AO_TEST_MOTO_URL (log: target/moto.log)"
 
 echo "== tests"
 # Two test threads: the end-to-end tests start real coordinators and subprocesses.
+BURST_REPORT=target/tmp/sqs-burst-report.txt
+rm -f "$BURST_REPORT"
 cargo test --locked --features aws --no-fail-fast -- --test-threads 2
+
+echo "== the SQS burst's figures (tests/backend_aws.rs, 300 tasks on 10 slots)"
+cat "$BURST_REPORT" 2>/dev/null || echo "not measured (moto missing?)"
