@@ -15,6 +15,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Render(_) | Command::Parse(_) | Command::Validate(_) | Command::Submit(_)
+    ) {
+        // Commands that print for a pipeline end quietly when the reader goes away (`… | head`),
+        // as Unix tools do, instead of panicking on the broken pipe. Not `serve`: a peer closing
+        // a socket must not end the coordinator.
+        // SAFETY: sets a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match &cli.command {
         Command::Render(args) => {
             report(render::run_render(args).map_err(|e| (e.exit_code, e.to_string())))

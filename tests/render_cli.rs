@@ -529,3 +529,40 @@ fn terragrunt_fixtures_load_or_fail_naming_a_field() {
         }
     }
 }
+
+/// `parse … | head` ends `parse` quietly by SIGPIPE, like any Unix tool: no panic on the
+/// broken pipe.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Far more JSON than a pipe buffers (64 KiB).
+    let groups: String = (0..2000)
+        .map(|i| {
+            format!(
+                "group \"g{i}\" {{\n task \"t\" {{\n driver = \"docker\"\n config {{ image = \"x\" }}\n }}\n}}\n"
+            )
+        })
+        .collect();
+    let jobspec = dir.path().join("big.nomad.hcl");
+    fs::write(
+        &jobspec,
+        format!("job \"big\" {{\n datacenters = [\"dc1\"]\n type = \"batch\"\n{groups}}}\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-orchestrator"))
+        .arg("parse")
+        .arg(&jobspec)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The reader is gone now (dropped above).
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+}
