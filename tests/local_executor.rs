@@ -822,6 +822,25 @@ async fn futures_join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F:
         .collect()
 }
 
+/// Waits until process `pid` blocks SIGTERM (`SigBlk` in `/proc/<pid>/status`).
+async fn blocks_sigterm(pid: i32) {
+    let bit = 1u64 << (libc::SIGTERM - 1);
+    within(20, "the supervisor to block SIGTERM", async {
+        loop {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let blocked = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigBlk:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
+            if blocked.is_some_and(|mask| mask & bit != 0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 /// An agent that appends a line to the returned file each time it runs.
 fn counting_agent(root: &Path) -> (AgentType, PathBuf) {
     let count = root.join("count");
@@ -992,7 +1011,10 @@ async fn stopping_a_primed_attempt_records_the_stop_and_starts_nothing() {
     let (agent, count) = counting_agent(root.path());
     let t = task("shell", serde_json::json!(1));
     exec.prepare(&t, &agent);
-    supervisor_pid(&exec.run_dir(&t)).await;
+    let primed = supervisor_pid(&exec.run_dir(&t)).await;
+    // The executor writes the pid as it spawns; a SIGTERM before the supervisor blocks it would
+    // just kill it (an attempt never begun, which the scheduler settles as cancelled too).
+    blocks_sigterm(primed).await;
     within(10, "stop", exec.stop(&t, StopReason::Cancel))
         .await
         .unwrap();
