@@ -39,9 +39,9 @@
 //! never "both a retry and the old one running".
 //!
 //! Primed supervisors: [`Executor::prepare`] (the scheduler calls it for tasks it read ahead,
-//! before claiming them, and for claimed ones waiting for a slot) does the dispatch's work up to the spawn, with `supervise --await-go`:
-//! the supervisor takes the lock as usual and then waits for one line on its stdin, a pipe the
-//! executor keeps. The dispatch of that attempt writes `go <deadline_ms>` (the attempt's clock
+//! before claiming them, and for claimed ones waiting for a slot) does the dispatch's work up to
+//! the spawn, with `supervise --await-go`: the supervisor takes the lock as usual and then waits
+//! for one line on its stdin, a pipe the executor keeps. The dispatch of that attempt writes `go <deadline_ms>` (the attempt's clock
 //! starts at its dispatch, not when it was primed) instead of starting a process, so a freed
 //! slot is refilled in a fraction of a millisecond rather than the several it takes to spawn a
 //! supervisor. A stop meanwhile is honoured as usual (the attempt is recorded as stopped and
@@ -534,14 +534,18 @@ struct Primed {
 /// The slot of a task's primed supervisor: empty while it is being started or once taken.
 type PrimedSlot = Arc<tokio::sync::Mutex<Option<Primed>>>;
 
-/// Stands a primed supervisor down (it exits without starting anything) and reaps it.
-fn stand_down(primed: Primed) {
+/// Lets a primed supervisor go: closing its pipe stands it down (it exits without starting
+/// anything, or is gone already); returns once it is reaped.
+async fn let_go(primed: Primed) {
     let Primed { mut child, go, .. } = primed;
     drop(go);
+    let _ = child.wait().await;
+}
+
+/// [`let_go`] in the background.
+fn stand_down(primed: Primed) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            let _ = child.wait().await;
-        });
+        runtime.spawn(let_go(primed));
     }
 }
 
@@ -989,8 +993,7 @@ impl LocalExecutor {
         };
         if primed.attempt != task.attempt {
             // Made for another attempt: let it go before this one's supervisor is started.
-            drop(primed.go);
-            let _ = primed.child.wait().await;
+            let_go(primed).await;
             return false;
         }
         let line = match launch.deadline_at {
@@ -1000,8 +1003,7 @@ impl LocalExecutor {
         if let Err(e) = primed.go.write_all(line.as_bytes()).await {
             // It died waiting: its lock is gone with it, so a new supervisor can start.
             tracing::debug!(task_id = %task.id, error = %e, "the primed supervisor is gone; starting a new one");
-            let _ = primed.child.start_kill();
-            let _ = primed.child.wait().await;
+            let_go(primed).await;
             return false;
         }
         drop(primed.go);

@@ -1054,22 +1054,11 @@ impl AgentLoop {
                     hidden_until,
                 } = ready;
                 let receipt = message.receipt.clone();
-                let next = next_attempt(&task, now_ms(), ctx.fence());
-                let result = match ctx.store.update(&next, task.version).await {
-                    Ok(claimed) => {
-                        ctx.own(&claimed.id, &agent.name);
-                        // Prepared while read ahead; prepared now if that was skipped.
-                        ctx.executor.prepare(&claimed, &agent);
-                        Ok(Box::new(claimed))
-                    }
-                    Err(e) => {
-                        ctx.executor.discard(&task.id);
-                        match not_claimed(&ctx, &agent, &message, e).await {
-                            Claim::NotClaimed(e) => Err(e),
-                            Claim::Dispatched { .. } => Err(None),
-                        }
-                    }
-                };
+                let result = claim(&ctx, &agent, &task, &message).await.map(|claimed| {
+                    // Prepared while read ahead; prepared now if that was skipped.
+                    ctx.executor.prepare(&claimed, &agent);
+                    Box::new(claimed)
+                });
                 Done::Staged {
                     id,
                     receipt,
@@ -1426,6 +1415,9 @@ impl AgentLoop {
     /// next freed slots will take, so a refill is a claim and a go rather than a claim and a
     /// start (a local supervisor waiting on a pipe instead of a process to spawn).
     fn prepare_ready(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
         let (ctx, agent) = (&self.ctx, &self.agent);
         let taken = self.taken_ids();
         let wall = now_ms();
@@ -1869,16 +1861,10 @@ async fn claim_and_dispatch(
     task: Task,
     message: Message,
 ) -> Claim {
-    let next = next_attempt(&task, now_ms(), ctx.fence());
-    let claimed = match ctx.store.update(&next, task.version).await {
+    let claimed = match claim(ctx, agent, &task, &message).await {
         Ok(claimed) => claimed,
-        Err(e) => {
-            ctx.executor.discard(&task.id);
-            return not_claimed(ctx, agent, &message, e).await;
-        }
+        Err(e) => return Claim::NotClaimed(e),
     };
-    // Executor notifications for it reach this loop from now on.
-    ctx.own(&claimed.id, &agent.name);
     let began = Instant::now();
     let started = ctx.executor.dispatch(&claimed, agent).await;
     Claim::Dispatched {
@@ -1920,17 +1906,33 @@ fn next_attempt(task: &Task, wall: Millis, fence: u64) -> Task {
     next
 }
 
-/// A claim that failed: a task someone else moved (a cancel, another coordinator, a duplicate
-/// message claimed first) is looked at again later; other errors are reported.
-async fn not_claimed(ctx: &Context, agent: &AgentType, message: &Message, e: StoreError) -> Claim {
-    match e {
-        StoreError::Conflict { .. } => {
+/// Claims the next attempt of `task` with a compare-and-set. Executor notifications for it
+/// reach this loop from then on. When the claim fails, the executor drops what it prepared for
+/// the task; a task someone else moved (a cancel, another coordinator, a duplicate message
+/// claimed first) has its message handed back to be looked at again later; other errors are
+/// returned.
+async fn claim(
+    ctx: &Context,
+    agent: &AgentType,
+    task: &Task,
+    message: &Message,
+) -> Result<Task, Option<StepError>> {
+    let next = next_attempt(task, now_ms(), ctx.fence());
+    match ctx.store.update(&next, task.version).await {
+        Ok(claimed) => {
+            ctx.own(&claimed.id, &agent.name);
+            Ok(claimed)
+        }
+        Err(e) => {
+            ctx.executor.discard(&task.id);
+            if !matches!(e, StoreError::Conflict { .. }) {
+                return Err(Some(e.into()));
+            }
             let nack = ctx
                 .queue
                 .nack(&agent.name, &message.receipt, Duration::from_millis(50));
-            Claim::NotClaimed(nack.await.err().map(StepError::from))
+            Err(nack.await.err().map(StepError::from))
         }
-        e => Claim::NotClaimed(Some(e.into())),
     }
 }
 
